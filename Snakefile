@@ -1,0 +1,20 @@
+# dnd-pipeline: reproduce and extend the DnD-Transformer paper (arXiv 2410.01912).
+# Read this file as a table of contents; the rules live in workflow/rules/, the logic in dnd/.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        rules.render_text_images.output.images,
+        rules.make_text256.output.images,
+    default_target: True

@@ -1,0 +1,108 @@
+"""`python -m dnd <stage>`: one entry point, a subcommand per stage, each usable without Snakemake.
+
+Every stage takes its config subtree either as JSON (`--params`, what the Snakemake rules pass) or
+from a config file (`--configfile`, validated against the workflow schema, subtree picked by key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from dnd.config import ConfigError, load_config, subtree
+from dnd.logs import setup_logging
+from dnd.workarea import stage_work_dir
+
+log = logging.getLogger("dnd")
+
+
+def _stage_config(args: argparse.Namespace, default_key: str) -> dict[str, Any]:
+    if args.params is not None:
+        return json.loads(args.params)
+    if args.configfile is not None:
+        return subtree(load_config(Path(args.configfile)), args.key or default_key)
+    raise ConfigError("give the stage's config with --params JSON or --configfile FILE")
+
+
+# ----------------------------------------------------------------- stage commands
+def cmd_extract_wiki_text(args: argparse.Namespace) -> None:
+    from dnd.stages.text_image import WikiTextConfig, extract_wiki_text
+
+    cfg = _stage_config(args, "data.wiki_text")
+    extract_wiki_text(WikiTextConfig(**cfg), Path(args.out))
+
+
+def cmd_render_text_images(args: argparse.Namespace) -> None:
+    from dnd.stages.text_image import TextImageConfig, render_text_images
+
+    raw = _stage_config(args, "data.text_image")
+    work = Path(args.work_dir) if args.work_dir else stage_work_dir("render_text_images", "text_image", raw)
+    render_text_images(TextImageConfig.from_dict(raw), Path(args.chunks), Path(args.out), work)
+
+
+def cmd_resize_images(args: argparse.Namespace) -> None:
+    from dnd.stages.text_image import ResizeConfig, resize_images
+
+    raw = _stage_config(args, "data.text256")
+    resize_images(ResizeConfig(size=raw.get("size", 256)), Path(args.images), Path(args.out))
+
+
+Command = tuple[str, str, Callable[[argparse.Namespace], None], list[tuple[str, dict[str, Any]]]]
+COMMANDS: list[Command] = [
+    (
+        "extract-wiki-text",
+        "Stream a MediaWiki dump, clean wikitext to prose with mwparserfromhell, write chunks (Parquet).",
+        cmd_extract_wiki_text,
+        [("--out", dict(required=True, help="output chunks .parquet"))],
+    ),
+    (
+        "render-text-images",
+        "Render prose chunks on pages with Pillow into sharded Parquet (the Text-Image set).",
+        cmd_render_text_images,
+        [
+            ("--chunks", dict(required=True, help="chunks .parquet from extract-wiki-text")),
+            ("--out", dict(required=True, help="output data set folder")),
+            ("--work-dir", dict(help="where finished shards are kept between runs (default: work/<stage>/<name>-<config hash>)")),
+        ],
+    ),
+    (
+        "resize-images",
+        "Resize the test split of an image data set (Text512 → Text256).",
+        cmd_resize_images,
+        [
+            ("--images", dict(required=True, help="input data set folder")),
+            ("--out", dict(required=True, help="output data set folder")),
+        ],
+    ),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dnd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
+    for name, help_text, func, options in COMMANDS:
+        stage = sub.add_parser(name, help=help_text, description=help_text)
+        source = stage.add_mutually_exclusive_group()
+        source.add_argument("--params", help="the stage's config subtree as JSON (what Snakemake passes)")
+        source.add_argument("--configfile", help="a config YAML; validated, the stage's subtree is used")
+        stage.add_argument("--key", help="dotted key of the subtree in --configfile (default: the stage's own)")
+        stage.add_argument("--log", help="append log lines to this file too")
+        for flag, kwargs in options:
+            stage.add_argument(flag, **kwargs)
+        stage.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(Path(args.log) if args.log else None)
+    try:
+        args.func(args)
+    except ConfigError as err:
+        print(f"dnd {args.command}: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,449 @@
+"""Wikipedia dumps → clean prose: stream pages from a MediaWiki XML export, clean their wikitext, chunk it.
+
+Three jobs, in reading order:
+
+1. Reading. `iter_pages` streams a `pages-articles` export (plain `.xml`, `.xml.bz2` or a multistream
+   `.bz2`) with an incremental XML parser, page by page, clearing each page once read so memory stays
+   flat; it yields main-namespace articles only and counts what it skips. `read_multistream_index` and
+   `iter_pages_in_range` read one bz2 stream (about 100 pages) of a multistream dump, so extraction
+   can be split across workers.
+2. Cleaning. `clean_wikitext` turns an article's wikitext into one line of plain prose. Cheap,
+   unambiguous markup (comments, trailing appendix sections, `<ref>`s, non-prose tags, headings,
+   bold/italic quotes, templates, tables, files, categories, interlanguage links) is removed first with
+   compiled regexes and one linear bracket scanner; mwparserfromhell then parses only what is left
+   (links, external links, HTML tags, entities, lists) and `strip_code` renders it as text.
+3. Chunking. `chunk_words` cuts prose into windows of at most `max_words` words, at sentence ends where
+   it can, for rendering one chunk per image.
+
+Template policy: every template is dropped (infoboxes, citations, navboxes, maintenance tags, parser
+functions) except a few inline ones that carry prose (`_TEXT_TEMPLATES`): language and transliteration
+wrappers (`{{lang|fr|texte}}` → "texte"), formatting wrappers (`{{nowrap|…}}`), unit conversions
+(`{{convert|10|km|mi}}` → "10 km", the converted value dropped) and dash/circa shorthands. Dropping them
+would leave holes inside sentences.
+"""
+
+from __future__ import annotations
+
+import bz2
+import collections
+import html
+import itertools
+import math
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import mwparserfromhell
+
+READ_CHUNK_BYTES = 1 << 16  # bytes handed to the XML parser at a time (keeps memory flat)
+
+
+@dataclass(frozen=True)
+class WikiPage:
+    title: str
+    page_id: int
+    namespace: int  # 0 = main (articles); 1 = Talk; …
+    wikitext: str  # the newest revision's text
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading dumps
+
+# `#REDIRECT` and the localised forms of the largest wikis (the `<redirect>` element is the primary
+# signal; this catches exports that lack it).
+_REDIRECT = re.compile(
+    r"\s*#\s*(?:redirect|redirection|redirección|redirecionamento|weiterleitung|rinvia|rinvio|"
+    r"doorverwijzing|przekieruj|patrz|перенаправление|перенаправлення|yönlendirme|omdirigering|"
+    r"ohjaus|átirányítás|přesměruj|転送|リダイレクト|重定向|重新導向|넘겨주기|تحويل|הפניה)\b",
+    re.IGNORECASE,
+)
+
+# Disambiguation and set-index templates (`{{disambiguation|geo}}`, `{{hndis|Smith, John}}`, …); a
+# name must be followed by `|` or `}}`, so inline tags such as `{{disambiguation needed}}` don't count.
+_DISAMBIGUATION_TEMPLATE = re.compile(
+    r"\{\{\s*(?:template:\s*)?(?:disambiguation|disambig|disamb|dab|dbig|disambiguation page|"
+    r"[a-z-]*dis|[a-z]*disambiguation|letter-number combination disambiguation|mathdab|"
+    r"set index article|set index|sia|[a-z]+index)\s*(?:\||\}\})",
+    re.IGNORECASE,
+)
+_DISAMBIGUATION_TITLE = re.compile(r"\(disambiguation\)\s*$", re.IGNORECASE)
+
+
+def is_redirect_text(wikitext: str) -> bool:
+    return _REDIRECT.match(wikitext) is not None
+
+
+def is_disambiguation(title: str, wikitext: str) -> bool:
+    return bool(_DISAMBIGUATION_TITLE.search(title) or _DISAMBIGUATION_TEMPLATE.search(wikitext))
+
+
+def iter_pages(dump: Path, stats: collections.Counter | None = None) -> Iterator[WikiPage]:
+    """Stream the main-namespace articles of a MediaWiki XML export (`.xml`, `.xml.bz2`, multistream
+    `.bz2`), newest revision of each. Skipped pages are counted in `stats` under "redirect",
+    "disambiguation", "non_article_namespace" and "empty"; kept ones under "article"."""
+    dump = Path(dump)
+    with _open_dump(dump) as file:
+        # read1 returns what is available without waiting for a full chunk, so a page is yielded as
+        # soon as its bytes arrive (also from a pipe).
+        chunks = iter(lambda: file.read1(READ_CHUNK_BYTES), b"")
+        yield from _pages_from_chunks(chunks, stats)
+
+
+def read_multistream_index(index: Path) -> list[tuple[int, int | None]]:
+    """Byte ranges `(start, end)` of the bz2 streams of a multistream dump, from its
+    `*-multistream-index.txt[.bz2]` (lines `offset:page_id:title`); the last range ends at `None`
+    (end of file)."""
+    index = Path(index)
+    opener: Callable[..., Iterable[str]] = bz2.open if index.suffix == ".bz2" else open
+    with opener(index, "rt", encoding="utf-8") as lines:
+        offsets = sorted({int(line.split(":", 1)[0]) for line in lines if line.strip()})
+    return list(zip(offsets, [*offsets[1:], None]))
+
+
+def iter_pages_in_range(
+    dump: Path, start: int, end: int | None = None, stats: collections.Counter | None = None
+) -> Iterator[WikiPage]:
+    """Articles of the one bz2 stream that starts at byte `start` of a multistream dump (a range from
+    `read_multistream_index`); only that stream is read and decompressed."""
+    # A stream holds bare `<page>` elements: wrap them in a root element to make a document.
+    chunks = itertools.chain([b"<mediawiki>"], _one_bz2_stream(Path(dump), start, end), [b"</mediawiki>"])
+    return _pages_from_chunks(chunks, stats)
+
+
+def _open_dump(dump: Path) -> BinaryIO:
+    if dump.suffix == ".bz2":
+        return bz2.open(dump, "rb")  # also reads concatenated (multistream) bz2 streams
+    return open(dump, "rb")
+
+
+def _one_bz2_stream(dump: Path, start: int, end: int | None) -> Iterator[bytes]:
+    decompressor = bz2.BZ2Decompressor()
+    with open(dump, "rb") as file:
+        file.seek(start)
+        remaining = math.inf if end is None else end - start
+        while not decompressor.eof:
+            compressed = file.read(int(min(READ_CHUNK_BYTES, remaining)))
+            if not compressed:
+                raise ValueError(f"{dump}: the bz2 stream at byte {start} ends before its end of stream")
+            remaining -= len(compressed)
+            yield decompressor.decompress(compressed)
+
+
+def _pages_from_chunks(chunks: Iterable[bytes], stats: collections.Counter | None) -> Iterator[WikiPage]:
+    parser = ET.XMLPullParser(events=("start", "end"))
+    reader = _PageReader(stats if stats is not None else collections.Counter())
+    for chunk in chunks:
+        parser.feed(chunk)
+        yield from reader.consume(parser.read_events())
+    parser.close()  # raises ParseError on a truncated document
+    yield from reader.consume(parser.read_events())
+
+
+class _PageReader:
+    """Turns the parser's (event, element) stream into WikiPages, freeing each page once read."""
+
+    def __init__(self, stats: collections.Counter):
+        self.stats = stats
+        self.root: ET.Element | None = None
+        self.page: ET.Element | None = None  # the page being read
+        self.namespace_names: dict[str, int] = {}  # "Talk" → 1, from <siteinfo>
+
+    def _set_schema(self, root: ET.Element) -> None:
+        # Elements are qualified with the export schema's namespace ("{…/export-0.10/}page"), or not
+        # at all for a bare multistream fragment: take it from the root tag, whatever the version.
+        self.root = root
+        xmlns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        self.tag_page, self.tag_revision, self.tag_namespace = (xmlns + t for t in ("page", "revision", "namespace"))
+        self.tag_title, self.tag_ns, self.tag_id = (xmlns + t for t in ("title", "ns", "id"))
+        self.tag_redirect, self.tag_text = xmlns + "redirect", xmlns + "text"
+
+    def consume(self, events: Iterable[tuple[str, ET.Element]]) -> Iterator[WikiPage]:
+        for event, element in events:
+            if event == "start":
+                if self.root is None:
+                    self._set_schema(element)
+                elif element.tag == self.tag_page:
+                    self.page = element
+                continue
+            tag = element.tag
+            if tag == self.tag_revision and self.page is not None:
+                # Only the newest (last) revision is kept: drop older ones as soon as a newer one is
+                # complete, so full-history exports stay flat in memory too.
+                for older in self.page.findall(self.tag_revision)[:-1]:
+                    self.page.remove(older)
+            elif tag == self.tag_page:
+                page = self._classify(element)
+                self.root.clear()  # the page (and siteinfo before it) are the root's only children
+                self.page = None
+                if page is not None:
+                    yield page
+            elif tag == self.tag_namespace and element.text:
+                self.namespace_names[element.text] = int(element.get("key", "0"))
+
+    def _classify(self, page: ET.Element) -> WikiPage | None:
+        title = page.findtext(self.tag_title) or ""
+        ns = page.findtext(self.tag_ns)
+        namespace = int(ns) if ns is not None else self._namespace_from_title(title)
+        revisions = page.findall(self.tag_revision)
+        wikitext = (revisions[-1].findtext(self.tag_text) or "") if revisions else ""
+        if namespace != 0:
+            kind = "non_article_namespace"
+        elif page.find(self.tag_redirect) is not None or is_redirect_text(wikitext):
+            kind = "redirect"
+        elif not wikitext.strip():
+            kind = "empty"
+        elif is_disambiguation(title, wikitext):
+            kind = "disambiguation"
+        else:
+            kind = "article"
+        self.stats[kind] += 1
+        if kind != "article":
+            return None
+        return WikiPage(title=title, page_id=int(page.findtext(self.tag_id) or -1), namespace=0, wikitext=wikitext)
+
+    def _namespace_from_title(self, title: str) -> int:
+        # Exports before schema 0.6 have no <ns>: the namespace is the title's prefix.
+        prefix, colon, _ = title.partition(":")
+        return self.namespace_names.get(prefix, 0) if colon else 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cleaning wikitext
+
+# Patterns that must match at a line start begin with "\n" (the text gets a leading newline): a literal
+# first character lets the regex engine skip ahead instead of trying every position.
+# Appendix sections: everything from the first such heading on is dropped.
+_TRAILING_SECTION = re.compile(
+    r"\n=+[ \t]*(?:references|external links|see also|further reading|notes|bibliography|sources|"
+    r"footnotes|citations|works cited|notes and references|references and notes|"
+    r"sources and further reading|external links and references|reference|note|bibliography and notes)"
+    r"[ \t]*=+[ \t]*(?=\n|\Z)",
+    re.IGNORECASE,
+)
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
+_REF = re.compile(r"<ref\b[^>]*/\s*>|<ref\b[^>]*>.*?</ref\s*>|</?ref\b[^>]*>", re.IGNORECASE | re.DOTALL)
+# Tags whose content is not prose: dropped with their content.
+_DROPPED_TAG = re.compile(
+    r"<(gallery|math|chem|ce|score|timeline|syntaxhighlight|source|imagemap|graph|mapframe|maplink|"
+    r"references|hiero|templatedata|inputbox|categorytree|includeonly|table)\b[^>]*?(?:/>|>.*?</\1\s*>)",
+    re.IGNORECASE | re.DOTALL,
+)
+# Formatting tags: dropped, content kept; block-level ones leave a space so words don't merge.
+_BLOCK_TAG = re.compile(r"</?(?:br|hr|p|div|center|blockquote|poem|ul|ol|li|dl|dt|dd)\b[^>]*>", re.IGNORECASE)
+_INLINE_TAG = re.compile(
+    r"</?(?:sub|sup|small|big|span|font|s|u|del|ins|strike|code|tt|kbd|samp|var|cite|abbr|b|i|em|"
+    r"strong|q|onlyinclude|noinclude)\b[^>]*>",
+    re.IGNORECASE,
+)
+_MAGIC_WORD = re.compile(r"__[A-Z]+__")
+_HEADING = re.compile(r"\n=[^\n]*=[ \t]*(?=\n|\Z)")
+# Link prefixes whose target is not shown as text (English and the largest wikis' names).
+_HIDDEN_LINK_NAMESPACES = frozenset(
+    "file image category datei bild kategorie fichier catégorie archivo imagen categoría ficheiro "
+    "imagem categoria immagine файл изображение категория".split()
+)
+_HIDDEN_PREFIX = "|".join(sorted(_HIDDEN_LINK_NAMESPACES))
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]+)*|simple")
+# Links without nested brackets become their text by regex; files, categories and interlanguage
+# links (which never have a label) are left to the scanner.
+_LABELLED_LINK = re.compile(
+    rf"\[\[(?!\s*(?:{_HIDDEN_PREFIX})\s*:)[^\[\]{{}}|\n]*\|([^\[\]{{}}]*)\]\]", re.IGNORECASE
+)
+_PLAIN_LINK = re.compile(
+    rf"\[\[(?!\s*(?:{_HIDDEN_PREFIX}|{_LANGUAGE_CODE.pattern})\s*:):?([^\[\]{{}}|\n]*)\]\]", re.IGNORECASE
+)
+# Brackets the scanner matches: templates, links and tables (`{|` and `|}` open a line; "|}}" there
+# closes a template).
+_BRACKET_TOKEN = re.compile(r"\{\{|\}\}|\[\[|\]\]|\n[ \t:]*\{\||\n[ \t:]*\|\}(?!\})")
+_OPENERS = {"{{": "template", "[[": "link", "{|": "table"}
+_CLOSERS = {"}}": "template", "]]": "link", "|}": "table"}
+# Interwiki prefixes that are language-code shaped but link visibly within the text.
+_VISIBLE_INTERWIKI = frozenset({"wikt", "s", "q", "b", "n", "v", "w", "m", "c", "d", "mw", "voy"})
+_NAMED_ARGUMENT = re.compile(r"\s*[^=|\[\]{}]+=")
+_TEMPLATE_ARGUMENT_SPLIT = re.compile(r"(\{\{|\}\}|\[\[|\]\]|\|)")
+_RANGE_WORDS = frozenset({"to", "-", "–", "and", "or", "by", "x", "×", "+"})
+_BARE_URL = re.compile(r"(?:https?|ftp)://\S*", re.IGNORECASE)
+# After whitespace is collapsed to single spaces:
+_EMPTY_BRACKETS = re.compile(r"\((?: ?[,;:.–—-])* ?\)|\[ ?\]")  # "()", "( ; )" left by templates
+_BRACKET_OPEN_SEPARATOR = re.compile(r"\( ?[,;:] ?")  # "( ; born 1900)" → "(born 1900)"
+_BRACKET_CLOSE_SEPARATOR = re.compile(r" ?[,;:] ?\)")
+_SPACE_BEFORE_PUNCTUATION = re.compile(r" (?=[,.;:!?)])")
+
+
+def clean_wikitext(wikitext: str) -> str:
+    """An article's wikitext as one line of plain prose: no templates, references, tables, files,
+    categories, headings or appendix sections; link and label text kept; entities decoded."""
+    text = _COMMENT.sub("", "\n" + wikitext)
+    appendix = _TRAILING_SECTION.search(text)
+    if appendix:
+        text = text[: appendix.start()]
+    text = _REF.sub("", text)
+    text = _DROPPED_TAG.sub("", text)
+    text = _BLOCK_TAG.sub(" ", text)
+    text = _INLINE_TAG.sub("", text)
+    text = _MAGIC_WORD.sub("", text)
+    text = _HEADING.sub("\n", text)
+    # '' italic, ''' bold, ''''' both; four apostrophes are a literal one plus bold.
+    text = text.replace("'''", "").replace("''", "")
+    text = _LABELLED_LINK.sub(r"\1", text)
+    text = _PLAIN_LINK.sub(r"\1", text)
+    text = _strip_bracketed(text)
+    # Left for the parser: nested links, external links, entities, lists, nowiki and other tags.
+    text = mwparserfromhell.parse(text).strip_code(normalize=True, collapse=True)
+    return _tidy(html.unescape(text))
+
+
+def _tidy(text: str) -> str:
+    text = " ".join(_BARE_URL.sub("", text).split())
+    text = _BRACKET_OPEN_SEPARATOR.sub("(", text)
+    text = _BRACKET_CLOSE_SEPARATOR.sub(")", text)
+    text = text.replace("( ", "(")
+    text = _EMPTY_BRACKETS.sub("", text)
+    text = _SPACE_BEFORE_PUNCTUATION.sub("", text)
+    return " ".join(text.split())
+
+
+def _strip_bracketed(text: str) -> str:
+    """Remove top-level templates, tables and file/category/interlanguage links in one linear pass
+    that matches `{{ }}`, `[[ ]]` and `{| |}` with a stack; other links are left for the parser."""
+    pieces: list[str] = []
+    emitted = 0  # text[:emitted] is settled
+    stack: list[tuple[str, int, int]] = []  # (kind, start of opener, end of opener)
+    tokens = _BRACKET_TOKEN.finditer(text)
+    while True:
+        token = next(tokens, None)
+        if token is None:
+            if not stack:
+                break
+            # An opener never closed is literal text in MediaWiki: drop its brackets, rescan after it.
+            _, start, opener_end = stack[0]
+            pieces.append(text[emitted:start])
+            emitted = opener_end
+            stack.clear()
+            tokens = _BRACKET_TOKEN.finditer(text, opener_end)
+            continue
+        bracket = token.group().lstrip("\n \t:")
+        if bracket in _OPENERS:
+            stack.append((_OPENERS[bracket], token.start(), token.end()))
+            continue
+        kind = _CLOSERS[bracket]
+        level = next((i for i in range(len(stack) - 1, -1, -1) if stack[i][0] == kind), None)
+        if level is None:
+            if not stack:  # a stray closer: drop it
+                pieces.append(text[emitted : token.start()])
+                emitted = token.end()
+            continue
+        _, start, opener_end = stack[level]
+        del stack[level:]  # openers left unclosed inside this span go with it
+        if not stack:
+            pieces.append(text[emitted:start])
+            pieces.append(_replace_bracketed(kind, text[opener_end : token.start()], text[start : token.end()]))
+            emitted = token.end()
+    pieces.append(text[emitted:])
+    return "".join(pieces)
+
+
+def _replace_bracketed(kind: str, inner: str, whole: str) -> str:
+    if kind == "table":
+        return ""
+    if kind == "template":
+        return _template_text(inner)
+    target = inner.lstrip()
+    if target.startswith(":"):  # [[:Category:X|label]] is an ordinary, visible link
+        return whole
+    prefix, colon, _ = target.partition(":")
+    prefix = prefix.strip().lower()
+    if colon and (
+        prefix in _HIDDEN_LINK_NAMESPACES
+        or (_LANGUAGE_CODE.fullmatch(prefix) and prefix not in _VISIBLE_INTERWIKI and "|" not in inner)
+    ):
+        return ""  # files with their captions, categories, interlanguage links
+    return whole
+
+
+def _template_arguments(inner: str) -> list[str]:
+    """Split a template's inside at its own `|`s (not those of nested links or templates)."""
+    parts, depth, current = [], 0, []
+    for piece in _TEMPLATE_ARGUMENT_SPLIT.split(inner):
+        if piece == "|" and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        depth += piece in ("{{", "[[")
+        depth -= piece in ("}}", "]]") and depth > 0
+        current.append(piece)
+    parts.append("".join(current))
+    return parts
+
+
+def _positional(arguments: list[str]) -> list[str]:
+    return [_strip_bracketed(a).strip() for a in arguments[1:] if not _NAMED_ARGUMENT.match(a)]
+
+
+def _convert_text(values: list[str]) -> str:
+    # {{convert|10|km|mi}} → "10 km"; {{convert|10|to|20|km}} → "10 to 20 km"
+    if len(values) >= 4 and values[1] in _RANGE_WORDS:
+        return " ".join(values[:4])
+    return " ".join(values[:2])
+
+
+# Inline templates rendered as text: lowercased name → positional arguments → text.
+_TEXT_TEMPLATES: dict[str, Callable[[list[str]], str]] = {
+    "lang": lambda v: v[1] if len(v) > 1 else "",
+    "transl": lambda v: v[-1] if len(v) > 1 else "",
+    "transliteration": lambda v: v[-1] if len(v) > 1 else "",
+    "convert": _convert_text,
+    "cvt": _convert_text,
+    "circa": lambda v: "c. " + v[0] if v else "c.",
+    "c.": lambda v: "c. " + v[0] if v else "c.",
+    "ndash": lambda v: "–",
+    "mdash": lambda v: "—",
+    "snd": lambda v: " – ",
+    "spaced ndash": lambda v: " – ",
+    "'": lambda v: "'",
+    "nbsp": lambda v: " ",
+    **dict.fromkeys(
+        ("nowrap", "nobr", "small", "smaller", "big", "sc", "smallcaps", "nobold", "noitalic", "lang-x", "em"),
+        lambda v: v[0] if v else "",
+    ),
+}
+
+
+def _template_text(inner: str) -> str:
+    name = inner.split("|", 1)[0].strip().lower().replace("_", " ")
+    if name.startswith("lang-"):  # {{lang-fr|texte}}
+        name = "lang-x"
+    render = _TEXT_TEMPLATES.get(name)
+    if render is None:
+        return ""
+    return render(_positional(_template_arguments(inner)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Chunking prose
+
+_SENTENCE_END = re.compile(r"[.!?][\"'”’)\]]*$")
+SENTENCE_SEARCH_FRACTION = 0.3  # a chunk may end at a sentence end within its last 30 % of words
+
+
+def chunk_words(text: str, max_words: int) -> list[str]:
+    """Consecutive chunks of at most `max_words` whitespace-separated words (rejoined with single
+    spaces), cut after the last sentence end in the final ~30 % of the window when there is one."""
+    if max_words < 1:
+        raise ValueError(f"max_words must be at least 1, got {max_words}")
+    words = text.split()
+    shortest = max(1, math.ceil(max_words * (1 - SENTENCE_SEARCH_FRACTION)))
+    chunks, start = [], 0
+    while start < len(words):
+        end = min(start + max_words, len(words))
+        if end < len(words):
+            end = next(
+                (cut for cut in range(end, start + shortest - 1, -1) if _SENTENCE_END.search(words[cut - 1])),
+                end,
+            )
+        chunks.append(" ".join(words[start:end]))
+        start = end
+    return chunks

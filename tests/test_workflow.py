@@ -1,0 +1,115 @@
+"""The DAG for real: a snakemake run of the data targets on the micro config, then rerun triggers by dry run."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dnd.data import shards
+from testdata import DEMO_DUMP, REPO
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DND_WORK_DIR=str(workdir / "work"))
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
+        capture_output=True, text=True, env=env,
+    )
+
+
+def planned_jobs(run: subprocess.CompletedProcess) -> set[str]:
+    """Rule names in the 'Job stats' table of a dry run (empty when nothing is to be done)."""
+    rows = re.findall(r"^(\w+)\s+\d+$", run.stdout, flags=re.MULTILINE)
+    return {name for name in rows if name not in ("total", "all")}
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    if not DEMO_DUMP.exists():
+        pytest.fail(f"the demo dump {DEMO_DUMP} is missing from the repo")
+    workdir = tmp_path_factory.mktemp("micro")
+    # Snakemake resolves configfile and data paths against the working directory: mirror the repo's.
+    (workdir / "config").symlink_to(REPO / "config")
+    (workdir / "demo").symlink_to(REPO / "demo")
+    config = yaml.safe_load((REPO / "config" / "micro.yaml").read_text())
+    (workdir / "run.yaml").write_text(yaml.safe_dump(config))
+    run = snakemake(workdir, "--configfile", "run.yaml")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return workdir, config
+
+
+def test_data_targets_are_built(micro_run):
+    workdir, config = micro_run
+    images = workdir / "results" / "data" / "text_image"
+    manifest = shards.read_manifest(images)
+    assert sum(manifest["images"].values()) > 10
+    assert 0 < manifest["images"]["test"] <= config["data"]["text_image"]["splits"]["test_max_images"]
+    for split in shards.SPLITS:
+        assert len(shards.split_shards(images, split)) == config["data"]["text_image"]["shards"]
+    record = next(shards.iter_records(images, "train"))
+    size = config["data"]["text_image"]["render"]["size"]
+    assert shards.decode_png(record["png"]).size == (size, size)
+    assert record["text"].strip()
+    text256 = workdir / "results" / "data" / "text256"
+    small = next(shards.iter_records(text256, "test"))
+    assert shards.decode_png(small["png"]).size == (config["data"]["text256"]["size"],) * 2
+    assert (images / "provenance.json").exists() and (text256 / "provenance.json").exists()
+    assert (workdir / "logs" / "render_text_images.log").exists()
+
+
+def test_nothing_to_do_after_a_complete_run(micro_run):
+    workdir, _ = micro_run
+    assert planned_jobs(snakemake(workdir, "-n", "--configfile", "run.yaml")) == set()
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (("data", "text256", "size", 96), {"make_text256"}),
+        (("data", "text_image", "render", "margin", 12), {"render_text_images", "make_text256"}),
+        (("data", "wiki_text", "max_words", 60), {"extract_wiki_text", "render_text_images", "make_text256"}),
+        (("launch", "workers", 1), set()),
+    ],
+)
+def test_config_edit_reruns_only_that_stage_and_what_follows(micro_run, edit, expected):
+    workdir, config = micro_run
+    edited = yaml.safe_load(yaml.safe_dump(config))
+    *keys, last, value = edit
+    node = edited
+    for key in keys:
+        node = node.setdefault(key, {})
+    node[last] = value
+    (workdir / "edited.yaml").write_text(yaml.safe_dump(edited))
+    run = snakemake(workdir, "-n", "--configfile", "edited.yaml")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert planned_jobs(run) == expected
+
+
+def test_rendering_twice_gives_the_same_bytes(micro_run, tmp_path):
+    workdir, _ = micro_run
+    chunks = workdir / "results" / "data" / "wiki_text" / "chunks.parquet"
+    params = yaml.safe_load((workdir / "run.yaml").read_text())["data"]["text_image"]
+    import json
+
+    outs = []
+    for attempt in ("a", "b"):
+        out = tmp_path / attempt
+        subprocess.run(
+            [sys.executable, "-m", "dnd", "render-text-images", "--params", json.dumps(params),
+             "--chunks", str(chunks), "--out", str(out), "--work-dir", str(tmp_path / f"work-{attempt}")],
+            check=True, capture_output=True, cwd=REPO,
+        )
+        outs.append(out)
+    first = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*.parquet"))
+    assert first and first == sorted(p.relative_to(outs[1]) for p in outs[1].rglob("*.parquet"))
+    for rel in first:
+        assert (outs[0] / rel).read_bytes() == (outs[1] / rel).read_bytes()
+    published = workdir / "results" / "data" / "text_image"
+    for rel in first:
+        assert (published / rel).read_bytes() == (outs[0] / rel).read_bytes()
