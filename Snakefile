@@ -17,4 +17,6 @@ rule all:
     input:
         rules.render_text_images.output.images,
         rules.make_text256.output.images,
+        rules.rasterize_pdfs.output.images,
+        rules.prepare_images.output.images,
     default_target: True

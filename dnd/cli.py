@@ -51,6 +51,42 @@ def cmd_resize_images(args: argparse.Namespace) -> None:
     resize_images(ResizeConfig(size=raw.get("size", 256)), Path(args.images), Path(args.out))
 
 
+def cmd_rasterize_pdfs(args: argparse.Namespace) -> None:
+    from dnd.stages.arxiv_image import ArxivImageConfig, rasterize_pdfs
+
+    raw = _stage_config(args, "data.arxiv_image")
+    if args.pdfs:
+        raw = {**raw, "pdfs": args.pdfs}
+    work = Path(args.work_dir) if args.work_dir else stage_work_dir("rasterize_pdfs", "arxiv_image", raw)
+    rasterize_pdfs(ArxivImageConfig.from_dict(raw), Path(args.out), work)
+
+
+def cmd_prepare_images(args: argparse.Namespace) -> None:
+    from dnd.stages.classes import ClassesConfig, prepare_images
+
+    raw = _stage_config(args, "data.classes")
+    if args.root:
+        raw = {**raw, "root": args.root}
+    work = Path(args.work_dir) if args.work_dir else stage_work_dir("prepare_images", "classes", raw)
+    prepare_images(ClassesConfig.from_dict(raw), Path(args.out), work)
+
+
+def cmd_write_demo_pdfs(args: argparse.Namespace) -> None:
+    from dnd.data.demo_pdfs import write_demo_pdfs
+
+    raw = _stage_config(args, "demo.pdfs")
+    paths = write_demo_pdfs(Path(args.out), n=raw.get("count", 6), seed=raw.get("seed", 0))
+    log.info("wrote %d demo PDFs to %s", len(paths), args.out)
+
+
+def cmd_write_demo_digits(args: argparse.Namespace) -> None:
+    from dnd.data.labelled import write_digits_image_folder
+
+    raw = _stage_config(args, "demo.digits")
+    write_digits_image_folder(Path(args.out), per_class=raw.get("per_class"), upscale_to=raw.get("size", 32))
+    log.info("wrote the digits image folder to %s", args.out)
+
+
 Command = tuple[str, str, Callable[[argparse.Namespace], None], list[tuple[str, dict[str, Any]]]]
 COMMANDS: list[Command] = [
     (
@@ -77,6 +113,38 @@ COMMANDS: list[Command] = [
             ("--images", dict(required=True, help="input data set folder")),
             ("--out", dict(required=True, help="output data set folder")),
         ],
+    ),
+    (
+        "rasterize-pdfs",
+        "Rasterize PDF pages with PyMuPDF into crops + their clipped text layer (the arXiv-Image set).",
+        cmd_rasterize_pdfs,
+        [
+            ("--pdfs", dict(help="folder of PDFs or list file (default: the config's data.arxiv_image.pdfs)")),
+            ("--out", dict(required=True, help="output data set folder")),
+            ("--work-dir", dict(help="where finished shards are kept between runs")),
+        ],
+    ),
+    (
+        "prepare-images",
+        "An ImageFolder tree (one folder per class) into sharded Parquet with labels.",
+        cmd_prepare_images,
+        [
+            ("--root", dict(help="ImageFolder root (default: the config's data.classes.root)")),
+            ("--out", dict(required=True, help="output data set folder")),
+            ("--work-dir", dict(help="where finished shards are kept between runs")),
+        ],
+    ),
+    (
+        "write-demo-pdfs",
+        "Generate arXiv-like demo PDFs from the project's own prose (nothing is downloaded).",
+        cmd_write_demo_pdfs,
+        [("--out", dict(required=True, help="output folder of PDFs"))],
+    ),
+    (
+        "write-demo-digits",
+        "Write scikit-learn's bundled digits as an ImageFolder tree (the demo's labelled set).",
+        cmd_write_demo_digits,
+        [("--out", dict(required=True, help="output ImageFolder root"))],
     ),
 ]
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pymupdf
+
+from dnd.atomic import atomic_path
 
 PARAGRAPHS = (
     "An image tokenizer turns a picture into a short sequence of discrete codes that a language model can "
@@ -103,7 +106,7 @@ SECTIONS = (
     "Conclusion",
 )
 TITLE_HEADS = ("Residual Codes", "Deeper Tokens", "Two-Dimensional Autoregression", "Stacked Quantizers", "Depth-wise Heads")
-TITLE_TAILS = ("for Legible Text in Images", "for Fine-Grained Image Generation", "Make Pixels Readable", "for Rich-Text Images")
+TITLE_TAILS = ("for Legible Text in Images", "for Fine-Grained Image Generation", "Beyond One Code per Patch", "for Rich-Text Images")
 AUTHORS = ("A. Moreau", "B. Okafor", "C. Lindqvist", "D. Tanaka", "E. Novak", "F. Haddad", "G. Ferreira", "H. Iyer")
 CAPTIONS = (
     "Figure 1: The tokenizer. The encoder maps an image to a grid of vectors; each vector is quantized into "
@@ -112,7 +115,9 @@ CAPTIONS = (
 )
 
 PAGE = pymupdf.paper_rect("letter")  # 612 x 792 pt, the usual arXiv page
-BODY = ("tiro", 10.0)  # Times-Roman; (font, size in pt)
+MARGIN = 72.0  # top and bottom; left and right are 72 (one column) or 54 (two columns)
+BODY = ("tiro", 10.0)  # Times-Roman 10 pt: (base-14 font name, size in pt)
+FIGURE_HEIGHT = 120.0  # pt, drawing only; the caption follows it
 GRAY = (0.5, 0.5, 0.5)
 
 
@@ -127,14 +132,16 @@ class Block:
 
 
 def paper_blocks(rng: random.Random) -> Iterator[Block]:
-    """Sections forever (Appendix A, B, ... after the named ones): the layout stops at its page limit."""
-    names = ["Introduction"] + rng.sample(SECTIONS[1:], len(SECTIONS) - 1)
-    names += [f"Appendix {letter}" for letter in "ABCDEFGH"]
+    """Sections without end (appendices after the named ones): the layout stops at its page limit."""
+    names = ["Introduction"] + rng.sample(SECTIONS[1:], len(SECTIONS) - 1) + [f"Appendix {c}" for c in "ABCDEFGH"]
+    sources = rng.sample(PARAGRAPHS, len(PARAGRAPHS))  # each source paragraph once before any repeats
     figure_at = rng.randrange(1, 3)
+    drawn = 0
     for number, name in enumerate(names, start=1):
         yield Block("heading", f"{number}  {name}")
         for _ in range(rng.randint(1, 3)):
-            source = sentences(rng.choice(PARAGRAPHS))
+            source = sentences(sources[drawn % len(sources)])
+            drawn += 1
             start = rng.randrange(0, len(source) - 2)
             yield Block("paragraph", " ".join(source[start : start + rng.randint(3, 5)]))
             if rng.random() < 0.35:
@@ -143,31 +150,78 @@ def paper_blocks(rng: random.Random) -> Iterator[Block]:
             yield Block("figure", rng.choice(CAPTIONS))
 
 
+@lru_cache(maxsize=None)
+def font(name: str) -> pymupdf.Font:
+    return pymupdf.Font(name)
+
+
+@lru_cache(maxsize=None)
+def char_width(char: str, name: str) -> float:
+    """Advance width at 1 pt; base-14 fonts have no kerning, so widths add up (and caching is fast)."""
+    return font(name).text_length(char, 1.0)
+
+
+def text_width(text: str, name: str, size: float) -> float:
+    return size * sum(char_width(char, name) for char in text)
+
+
+def wrap(text: str, name: str, size: float, width: float) -> list[str]:
+    """Greedy word wrap at the font's advance widths."""
+    space = text_width(" ", name, size)
+    lines: list[str] = []
+    current: list[str] = []
+    current_width = 0.0
+    for word in text.split():
+        word_width = text_width(word, name, size)
+        if current and current_width + space + word_width > width:
+            lines.append(" ".join(current))
+            current, current_width = [word], word_width
+        else:
+            current_width += word_width + (space if current else 0.0)
+            current.append(word)
+    return lines + [" ".join(current)] if current else lines
+
+
 class PaperFull(Exception):
     """The layout reached the end of the paper's last page."""
 
 
 class ColumnFlow:
-    """Greedy line layout: full-width front matter, then one or two columns, over a fixed number of pages."""
+    """Line-by-line layout: full-width front matter, then one or two columns, over a fixed number of pages.
+
+    A figure that does not fit floats to the top of the next column, as in LaTeX.
+    """
 
     def __init__(self, doc: pymupdf.Document, n_pages: int, n_columns: int, stamp: str):
         self.doc, self.n_pages, self.stamp = doc, n_pages, stamp
-        margin, gutter = (54.0, 18.0) if n_columns == 2 else (72.0, 0.0)
-        width = (PAGE.width - 2 * margin - (n_columns - 1) * gutter) / n_columns
-        lefts = [margin + c * (width + gutter) for c in range(n_columns)]
-        self.body = [pymupdf.Rect(x, 72, x + width, PAGE.height - 72) for x in lefts]
+        side, gutter = (54.0, 18.0) if n_columns == 2 else (72.0, 0.0)
+        width = (PAGE.width - 2 * side - (n_columns - 1) * gutter) / n_columns
+        lefts = [side + c * (width + gutter) for c in range(n_columns)]
+        self.body = [pymupdf.Rect(x, MARGIN, x + width, PAGE.height - MARGIN) for x in lefts]
         self.equation_number = 0
+        self.floating_caption: str | None = None
+        self.writer: pymupdf.TextWriter | None = None  # this page's text, written in one go
         self.new_page()
 
     def new_page(self) -> None:
         if len(self.doc) == self.n_pages:
             raise PaperFull
+        self.finish_page()
         self.page = self.doc.new_page(width=PAGE.width, height=PAGE.height)
-        number = len(self.doc)
-        self.page.insert_text((PAGE.width / 2 - 3, PAGE.height - 40), str(number), fontname="tiro", fontsize=10)
-        if number == 1:  # arXiv's stamp: gray, reading upwards along the left margin
+        self.writer = pymupdf.TextWriter(self.page.rect)
+        if len(self.doc) == 1:  # arXiv's stamp: gray, reading upwards along the left margin
             self.page.insert_text((36, 560), self.stamp, fontname="tiro", fontsize=18, rotate=90, color=GRAY)
         self.columns, self.column, self.y = list(self.body), 0, self.body[0].y0
+        self.place_floating_figure()
+
+    def finish_page(self) -> None:
+        if self.writer is not None:
+            self.put((PAGE.width / 2 - 3, PAGE.height - 40), str(len(self.doc)), "tiro", 10)  # page number
+            self.writer.write_text(self.page)
+            self.writer = None
+
+    def put(self, origin: tuple[float, float], text: str, name: str, size: float) -> None:
+        self.writer.append(origin, text, font=font(name), fontsize=size)
 
     def full_width(self) -> None:
         """Lay out across all columns from here (title, abstract)."""
@@ -185,6 +239,7 @@ class ColumnFlow:
         if self.column + 1 < len(self.columns):
             self.column += 1
             self.y = self.rect.y0
+            self.place_floating_figure()
         else:
             self.new_page()
 
@@ -196,49 +251,56 @@ class ColumnFlow:
         self.y += height
         return top
 
-    def lines(self, text: str, font: str, size: float, width: float) -> list[str]:
-        lines, current = [], ""
-        for word in text.split():
-            candidate = f"{current} {word}" if current else word
-            if current and pymupdf.get_text_length(candidate, fontname=font, fontsize=size) > width:
-                lines.append(current)
-                current = word
-            else:
-                current = candidate
-        return lines + [current] if current else lines
-
-    def text(self, text: str, font: str, size: float, centred: bool = False, indent: float = 0.0) -> None:
-        width = self.rect.width - 2 * indent
-        for line in self.lines(text, font, size, width):
-            top = self.reserve(size * 1.25)
-            length = pymupdf.get_text_length(line, fontname=font, fontsize=size)
-            x = self.rect.x0 + (self.rect.width - length) / 2 if centred else self.rect.x0 + indent
-            self.page.insert_text((x, top + size), line, fontname=font, fontsize=size)
+    def keep(self, height: float) -> None:
+        """Start the next column unless `height` fits here (a heading stays with its first lines)."""
+        if self.y + height > self.rect.y1:
+            self.advance_column()
 
     def space(self, height: float) -> None:
         self.y = min(self.y + height, self.rect.y1)
 
+    def text(self, text: str, name: str, size: float, centred: bool = False, indent: float = 0.0) -> None:
+        for line in wrap(text, name, size, self.rect.width - 2 * indent):
+            top = self.reserve(size * 1.25)
+            left = self.rect.x0 + ((self.rect.width - text_width(line, name, size)) / 2 if centred else indent)
+            self.put((left, top + size), line, name, size)
+
     def equation(self, text: str) -> None:
         self.equation_number += 1
-        font, size = "tiit", BODY[1]
-        top = self.reserve(size * 2.2)
-        length = pymupdf.get_text_length(text, fontname=font, fontsize=size)
-        self.page.insert_text((self.rect.x0 + max(0.0, (self.rect.width - length) / 2), top + size * 1.4), text, fontname=font, fontsize=size)
         label = f"({self.equation_number})"
-        self.page.insert_text((self.rect.x1 - pymupdf.get_text_length(label, "tiro", size), top + size * 1.4), label, fontname="tiro", fontsize=size)
+        room = self.rect.width - 2 * text_width(label + "  ", "tiro", BODY[1])
+        size = min(BODY[1], BODY[1] * room / text_width(text, "tiit", BODY[1]))  # shrink long ones to fit
+        top = self.reserve(BODY[1] * 2.2)
+        baseline = top + BODY[1] * 1.4
+        self.put((self.rect.x0 + (self.rect.width - text_width(text, "tiit", size)) / 2, baseline), text, "tiit", size)
+        self.put((self.rect.x1 - text_width(label, "tiro", BODY[1]), baseline), label, "tiro", BODY[1])
+
+    def figure_height(self, caption: str) -> float:
+        return FIGURE_HEIGHT + len(wrap(caption, "tiro", 9.0, self.rect.width)) * 9.0 * 1.25
 
     def figure(self, caption: str) -> None:
-        height = 120.0
-        top = self.reserve(height)
-        draw_pipeline_figure(self.page, pymupdf.Rect(self.rect.x0, top, self.rect.x1, top + height - 10))
+        if self.y + self.figure_height(caption) > self.rect.y1:
+            self.floating_caption = caption
+        else:
+            self.draw_figure(caption)
+
+    def place_floating_figure(self) -> None:
+        if self.floating_caption is not None:
+            caption, self.floating_caption = self.floating_caption, None
+            self.draw_figure(caption)
+
+    def draw_figure(self, caption: str) -> None:
+        top = self.reserve(FIGURE_HEIGHT)
+        draw_pipeline_figure(self.page, pymupdf.Rect(self.rect.x0, top, self.rect.x1, top + FIGURE_HEIGHT - 10), self.put)
         self.text(caption, "tiro", 9.0)
         self.space(8)
 
 
-def draw_pipeline_figure(page: pymupdf.Page, box: pymupdf.Rect) -> None:
-    """Encoder -> residual code stack -> decoder, with an image grid on each side."""
+def draw_pipeline_figure(page: pymupdf.Page, box: pymupdf.Rect, put: Callable[..., None]) -> None:
+    """Encoder -> residual code stack -> decoder, with an image grid on each side; labels go through `put`."""
     shape = page.new_shape()
-    unit = box.width / 10
+    unit = min(box.width / 10, box.height / 3.2)  # the drawing is 10 x 3.2 units, centred in the box
+    box = pymupdf.Rect(box.x0 + (box.width - 10 * unit) / 2, box.y0, box.x1, box.y1)
     mid = (box.y0 + box.y1) / 2
     for i, (left, label) in enumerate(((0.0, "x"), (8.6, "x'"))):
         grid = pymupdf.Rect(box.x0 + left * unit, mid - 0.7 * unit, box.x0 + (left + 1.4) * unit, mid + 0.7 * unit)
@@ -247,15 +309,15 @@ def draw_pipeline_figure(page: pymupdf.Page, box: pymupdf.Rect) -> None:
             shape.draw_line((grid.x0 + k * grid.width / 3, grid.y0), (grid.x0 + k * grid.width / 3, grid.y1))
             shape.draw_line((grid.x0, grid.y0 + k * grid.height / 3), (grid.x1, grid.y0 + k * grid.height / 3))
         shape.finish(color=(0, 0, 0), fill=(0.85, 0.9, 1.0) if i == 0 else (1.0, 0.9, 0.85), width=0.8)
-        page.insert_text((grid.x0 + grid.width / 2 - 3, grid.y1 + 12), label, fontname="tiit", fontsize=9)
+        put((grid.x0 + grid.width / 2 - 3, grid.y1 + 12), label, "tiit", 9)
     for left, label in ((2.0, "E"), (6.6, "D")):  # encoder and decoder as trapezoid-like boxes
         block = pymupdf.Rect(box.x0 + left * unit, mid - 0.9 * unit, box.x0 + (left + 1.4) * unit, mid + 0.9 * unit)
         shape.draw_rect(block, radius=0.15)
         shape.finish(color=(0, 0, 0), fill=(0.92, 0.92, 0.92), width=0.8)
-        page.insert_text((block.x0 + block.width / 2 - 3, mid + 3), label, fontname="tibo", fontsize=10)
+        put((block.x0 + block.width / 2 - 3, mid + 3), label, "tibo", 10)
     for depth in range(4):  # the D residual codes of one position, shrinking with depth
         radius = unit * (0.38 - 0.06 * depth)
-        shape.draw_circle((box.x0 + 5.0 * unit, mid - 1.3 * unit + depth * 0.85 * unit), radius)
+        shape.draw_circle((box.x0 + 5.0 * unit, mid - 1.2 * unit + depth * 0.8 * unit), radius)
         shape.finish(color=(0, 0, 0), fill=(1.0, 1.0 - 0.2 * depth, 0.6), width=0.6)
     for x0, x1 in ((1.5, 1.95), (3.45, 4.5), (5.5, 6.55), (8.05, 8.55)):  # arrows between stages
         start, end = pymupdf.Point(box.x0 + x0 * unit, mid), pymupdf.Point(box.x0 + x1 * unit, mid)
@@ -263,7 +325,7 @@ def draw_pipeline_figure(page: pymupdf.Page, box: pymupdf.Rect) -> None:
         shape.draw_polyline([end + (-4, -3), end, end + (-4, 3)])
         shape.finish(color=(0, 0, 0), width=0.8)
     shape.commit()
-    page.insert_text((box.x0 + 4.35 * unit, box.y1), "codes, d = 1..D", fontname="tiit", fontsize=8)
+    put((box.x0 + 4.35 * unit, box.y1 + 6), "codes, d = 1..D", "tiit", 8)
 
 
 def write_paper(path: Path, rng: random.Random, paper_id: str, n_pages: int, n_columns: int) -> None:
@@ -271,7 +333,8 @@ def write_paper(path: Path, rng: random.Random, paper_id: str, n_pages: int, n_c
     flow = ColumnFlow(doc, n_pages, n_columns, stamp=f"arXiv:{paper_id}v1  [cs.CV]  7 Oct 2024")
     title = f"{rng.choice(TITLE_HEADS)} {rng.choice(TITLE_TAILS)}"
     authors = ", ".join(rng.sample(AUTHORS, rng.randint(2, 4)))
-    abstract = " ".join(sentences(rng.choice(PARAGRAPHS))[:3] + sentences(rng.choice(PARAGRAPHS))[:2])
+    first, second = rng.sample(PARAGRAPHS, 2)
+    abstract = " ".join(sentences(first)[:3] + sentences(second)[:2])
     flow.full_width()
     flow.text(title, "tibo", 17, centred=True)
     flow.space(6)
@@ -286,6 +349,7 @@ def write_paper(path: Path, rng: random.Random, paper_id: str, n_pages: int, n_c
         for block in paper_blocks(rng):
             if block.kind == "heading":
                 flow.space(6)
+                flow.keep(48)
                 flow.text(block.text, "tibo", 12)
                 flow.space(2)
             elif block.kind == "paragraph":
@@ -297,8 +361,10 @@ def write_paper(path: Path, rng: random.Random, paper_id: str, n_pages: int, n_c
                 flow.figure(block.text)
     except PaperFull:
         pass
+    flow.finish_page()
     doc.set_metadata({})  # no producer, no dates: the bytes depend on the content only
-    doc.save(path, garbage=3, deflate=True, no_new_id=True)
+    with atomic_path(path) as tmp:
+        doc.save(tmp, garbage=3, deflate=True, no_new_id=True)
     doc.close()
 
 

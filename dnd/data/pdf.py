@@ -45,6 +45,8 @@ class RasterConfig:
             raise ValueError(f"data.arxiv_image.raster.crop must be one of {CROP_MODES}, got {self.crop!r}")
         if self.dpi <= 0 or self.size <= 0:
             raise ValueError(f"raster dpi and size must be positive, got dpi={self.dpi}, size={self.size}")
+        if self.max_pages_per_paper is not None and self.max_pages_per_paper < 1:
+            raise ValueError(f"max_pages_per_paper must be None or at least 1, got {self.max_pages_per_paper}")
 
 
 # ---------------------------------------------------------------- paper ids
@@ -145,6 +147,15 @@ class SkipFile(Exception):
         self.reason = reason
 
 
+def _head(path: Path) -> bytes:
+    """The first KiB, where MuPDF looks for the "%PDF-" header (junk before it is allowed)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(1024)
+    except OSError:
+        return b""
+
+
 def open_pdf(path: Path) -> tuple[pymupdf.Document, int]:
     """Open a PDF and read its page count, or raise SkipFile naming why it is unusable."""
     try:
@@ -152,10 +163,8 @@ def open_pdf(path: Path) -> tuple[pymupdf.Document, int]:
     except pymupdf.EmptyFileError as err:
         raise SkipFile("empty", str(err)) from err
     except pymupdf.FileDataError as err:
-        with open(path, "rb") as handle:
-            head = handle.read(1024)  # MuPDF accepts junk before the header within the first KiB
-        raise SkipFile("unrepairable" if b"%PDF-" in head else "not_a_pdf", str(err)) from err
-    except OSError as err:
+        raise SkipFile("unrepairable" if b"%PDF-" in _head(path) else "not_a_pdf", str(err)) from err
+    except (OSError, pymupdf.FileNotFoundError) as err:  # PyMuPDF's own not-found error is no OSError
         raise SkipFile("unreadable", str(err)) from err
     try:
         if doc.needs_pass:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -89,3 +90,44 @@ def publish(work_shards: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
     for shard in sorted(Path(work_shards).glob("*/shard-*.parquet")):
         link_or_copy(shard, Path(out_dir) / shard.parent.name / shard.name)
     write_json(Path(out_dir) / "manifest.json", manifest)
+
+
+def split_raw_shard(raw: Path, key_column: str, splits: dict[str, str], out_dir: Path, index: int, count: int) -> dict[str, int]:
+    """Rewrite one raw shard (no split yet) as one shard file per split under `out_dir/<split>/`.
+
+    Two-pass stages (the split of a group depends on every group's image count, e.g. the capped test
+    split) write raw shards first; this second pass only moves rows, it never re-encodes images.
+    """
+    table = pq.read_table(raw)
+    keys = table[key_column].to_pylist()
+    labels = pa.array([splits[key] for key in keys], pa.string())
+    table = table.set_column(table.schema.get_field_index("split"), "split", labels)
+    counts = {}
+    for split in SPLITS:
+        part = table.filter(pa.compute.equal(table["split"], split))
+        with atomic_path(out_dir / split / shard_name(index, count)) as tmp:
+            pq.write_table(part, tmp, row_group_size=ROW_GROUP_SIZE, compression="zstd", write_statistics=False)
+        counts[split] = part.num_rows
+    return counts
+
+
+def raw_shard_path(raw_dir: Path, index: int, count: int) -> Path:
+    return Path(raw_dir) / f"raw-{index:05d}-of-{count:05d}.parquet"
+
+
+def build_raw_shard(
+    raw: Path, build: Callable[[], tuple[list[dict[str, Any]], dict[str, Any]]], schema: pa.Schema
+) -> dict[str, Any]:
+    """Run `build() -> (records, summary)` once: a finished raw shard (and its summary) is reused by reruns.
+
+    The summary is written last, so its presence marks the shard finished.
+    """
+    summary_path = Path(raw).with_suffix(".json")
+    if Path(raw).exists() and summary_path.exists():
+        return json.loads(summary_path.read_text())
+    records, summary = build()
+    for record in records:
+        record.setdefault("split", "")
+    write_shard(raw, records, schema)
+    write_json(summary_path, summary)
+    return summary

@@ -1,8 +1,9 @@
 """Train/val/test assignment by a stable hash of a group key (article title, paper id).
 
 A group never straddles splits, and adding or removing other groups never moves it: the hash of
-its key alone decides, except for the cap on the test (and val) split size, which moves the
-groups with the largest hash beyond the cap into train.
+its key alone decides, except (a) the cap on the test (and val) split size, which moves the groups
+with the largest hash beyond the cap into train, and (b) a tiny data set whose asked-for split
+came out empty, which gets the train group with the smallest hash.
 """
 
 from __future__ import annotations
@@ -49,4 +50,17 @@ def assign_splits(image_counts: dict[str, int], cfg: SplitConfig) -> dict[str, s
             else:
                 used[wanted] += image_counts[key]
         splits[key] = wanted
+    _fill_empty_splits(splits, image_counts, cfg, caps)
     return splits
+
+
+def _fill_empty_splits(splits: dict[str, str], image_counts: dict[str, int], cfg: SplitConfig, caps: dict) -> None:
+    """A small data set can leave a split with a positive fraction empty by chance: give it the
+    train group nearest to its hash range (deterministic), so every asked-for split has data."""
+    for split, fraction in (("test", cfg.test_fraction), ("val", cfg.val_fraction)):
+        if fraction <= 0 or split in splits.values():
+            continue
+        train = sorted((k for k, s in splits.items() if s == "train"), key=lambda k: (unit_interval(k), k))
+        fitting = [k for k in train if caps[split] is None or image_counts[k] <= caps[split]]
+        if len(train) > 1 and fitting:
+            splits[fitting[0]] = split

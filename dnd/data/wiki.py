@@ -240,6 +240,7 @@ _INLINE_TAG = re.compile(
 )
 _MAGIC_WORD = re.compile(r"__[A-Z]+__")
 _HEADING = re.compile(r"\n=[^\n]*=[ \t]*(?=\n|\Z)")
+_LIST_MARKER = re.compile(r"\n[*#:;]+")  # list items and indents are kept as text
 # Link prefixes whose target is not shown as text (English and the largest wikis' names).
 _HIDDEN_LINK_NAMESPACES = frozenset(
     "file image category datei bild kategorie fichier catégorie archivo imagen categoría ficheiro "
@@ -265,12 +266,12 @@ _VISIBLE_INTERWIKI = frozenset({"wikt", "s", "q", "b", "n", "v", "w", "m", "c", 
 _NAMED_ARGUMENT = re.compile(r"\s*[^=|\[\]{}]+=")
 _TEMPLATE_ARGUMENT_SPLIT = re.compile(r"(\{\{|\}\}|\[\[|\]\]|\|)")
 _RANGE_WORDS = frozenset({"to", "-", "–", "and", "or", "by", "x", "×", "+"})
-_BARE_URL = re.compile(r"(?:https?|ftp)://\S*", re.IGNORECASE)
+_BARE_URL = re.compile(r"(?:https?|ftp)://\S*")
 # After whitespace is collapsed to single spaces:
 _EMPTY_BRACKETS = re.compile(r"\((?: ?[,;:.–—-])* ?\)|\[ ?\]")  # "()", "( ; )" left by templates
-_BRACKET_OPEN_SEPARATOR = re.compile(r"\( ?[,;:] ?")  # "( ; born 1900)" → "(born 1900)"
-_BRACKET_CLOSE_SEPARATOR = re.compile(r" ?[,;:] ?\)")
-_SPACE_BEFORE_PUNCTUATION = re.compile(r" (?=[,.;:!?)])")
+_BRACKET_OPEN_SEPARATOR = re.compile(r"\((?: ?[,;:])+ ?")  # "( ; born 1900)" → "(born 1900)"
+_BRACKET_CLOSE_SEPARATOR = re.compile(r"[,;:](?: ?[,;:])* ?\)")
+_SPACE_BEFORE_PUNCTUATION = re.compile(r" (?=[,.;:!?)](?!\w))")  # not before ".79"
 
 
 def clean_wikitext(wikitext: str) -> str:
@@ -286,6 +287,7 @@ def clean_wikitext(wikitext: str) -> str:
     text = _INLINE_TAG.sub("", text)
     text = _MAGIC_WORD.sub("", text)
     text = _HEADING.sub("\n", text)
+    text = _LIST_MARKER.sub("\n ", text)
     # '' italic, ''' bold, ''''' both; four apostrophes are a literal one plus bold.
     text = text.replace("'''", "").replace("''", "")
     text = _LABELLED_LINK.sub(r"\1", text)
@@ -297,13 +299,14 @@ def clean_wikitext(wikitext: str) -> str:
 
 
 def _tidy(text: str) -> str:
-    text = " ".join(_BARE_URL.sub("", text).split())
+    if "://" in text:
+        text = _BARE_URL.sub("", text)
+    text = " ".join(text.split())
     text = _BRACKET_OPEN_SEPARATOR.sub("(", text)
     text = _BRACKET_CLOSE_SEPARATOR.sub(")", text)
-    text = text.replace("( ", "(")
-    text = _EMPTY_BRACKETS.sub("", text)
-    text = _SPACE_BEFORE_PUNCTUATION.sub("", text)
-    return " ".join(text.split())
+    text = _EMPTY_BRACKETS.sub("", text.replace("( ", "("))
+    text = _SPACE_BEFORE_PUNCTUATION.sub("", text.replace("  ", " "))
+    return text.replace(",.", ".").strip()  # ",." where a formula or template ended a sentence
 
 
 def _strip_bracketed(text: str) -> str:

@@ -128,7 +128,7 @@ class RapidOCRBackend:
     def _single_model(model_dir: Path, pattern: str) -> Path:
         found = sorted(model_dir.glob(pattern))
         if len(found) != 1:
-            raise OCRError(f"expected one model matching {pattern} in the rapidocr package at {model_dir}, found {found}")
+            raise OCRError(f"expected one model matching {pattern} under {model_dir}, found {found}")
         return found[0]
 
     def read(self, images: list[Image.Image]) -> list[str]:
@@ -170,7 +170,8 @@ class TesseractBackend:
             check=False,
         )
         if completed.returncode != 0:
-            raise OCRError(f"tesseract failed ({completed.returncode}): {completed.stderr.decode(errors='replace').strip()}")
+            message = completed.stderr.decode(errors="replace").strip()
+            raise OCRError(f"tesseract failed with exit code {completed.returncode}: {message}")
         return normalize_whitespace(completed.stdout.decode("utf-8", errors="replace"))
 
 

@@ -16,7 +16,7 @@ Variants (one config switch, `variant`):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -32,13 +32,13 @@ VARIANTS: tuple[str, ...] = ("1d", "parallel", "vertical", "dnd")
 # Backbone sizes as in LlamaGen and the paper. Parameter counts with a 16384-code vocabulary,
 # 1000 classes and two heads (`Transformer.num_params()`; one head adds dim·(vocab+1)).
 PRESETS: dict[str, dict[str, int]] = {
-    "tiny": dict(n_layer=2, n_head=2, dim=32),  # tests
-    "demo": dict(n_layer=4, n_head=4, dim=128),  # the demo workflow, 4.7M
-    "B": dict(n_layer=12, n_head=12, dim=768),  # 123M
-    "L": dict(n_layer=24, n_head=16, dim=1024),  # 361M
-    "XL": dict(n_layer=36, n_head=20, dim=1280),  # 798M
+    "tiny": dict(n_layer=2, n_head=2, dim=32),  # tests: 1.7M, nearly all of it vocabulary-sized tables
+    "demo": dict(n_layer=4, n_head=4, dim=128),  # the demo workflow: 7.5M
+    "B": dict(n_layer=12, n_head=12, dim=768),  # 124M
+    "L": dict(n_layer=24, n_head=16, dim=1024),  # 360M
+    "XL": dict(n_layer=36, n_head=20, dim=1280),  # 796M
     "XXL": dict(n_layer=48, n_head=24, dim=1536),  # 1.44B
-    "XXXL": dict(n_layer=48, n_head=32, dim=2048),  # 2.54B
+    "XXXL": dict(n_layer=48, n_head=32, dim=2048),  # 2.57B
 }
 
 
@@ -139,10 +139,6 @@ class TransformerConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown transformer size {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
-
-    def with_(self, **changes) -> TransformerConfig:
-        """A copy with some fields changed (head_layers re-derived unless given)."""
-        return replace(self, **{"head_layers": None, **changes})
 
 
 class RMSNorm(nn.Module):

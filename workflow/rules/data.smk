@@ -46,3 +46,67 @@ rule make_text256:
         "logs/make_text256.log",
     shell:
         "{DND} resize-images --params {params.cfg} --images {input.images} --out {output.images} > {log} 2>&1"
+
+
+# ------------------------------------------------------------------ arXiv-Image (PDF pages rasterized with PyMuPDF)
+
+
+rule write_demo_pdfs:
+    output:
+        pdfs=directory("results/demo/arxiv_pdfs"),
+    params:
+        cfg=stage_params("demo.pdfs"),
+        code=code_version("dnd/data/demo_pdfs.py"),
+    log:
+        "logs/write_demo_pdfs.log",
+    shell:
+        "{DND} write-demo-pdfs --params {params.cfg} --out {output.pdfs} > {log} 2>&1"
+
+
+rule rasterize_pdfs:
+    input:
+        pdfs=config["data"]["arxiv_image"]["pdfs"],
+    output:
+        images=directory("results/data/arxiv_image"),
+    params:
+        cfg=stage_params("data.arxiv_image"),
+        code=code_version("dnd/data/pdf.py", "dnd/data/splits.py", "dnd/data/shards.py", "dnd/stages/arxiv_image.py"),
+    log:
+        "logs/rasterize_pdfs.log",
+    benchmark:
+        "results/benchmarks/rasterize_pdfs.tsv"
+    threads: workflow.cores
+    shell:
+        "DND_WORKERS={threads} {DND} rasterize-pdfs --params {params.cfg} --pdfs {input.pdfs} --out {output.images} > {log} 2>&1"
+
+
+# ------------------------------------------------------------------ class-labelled images (ImageNet layout)
+
+
+rule write_demo_digits:
+    output:
+        root=directory("results/demo/digits"),
+    params:
+        cfg=stage_params("demo.digits"),
+        code=code_version("dnd/data/labelled.py"),
+    log:
+        "logs/write_demo_digits.log",
+    shell:
+        "{DND} write-demo-digits --params {params.cfg} --out {output.root} > {log} 2>&1"
+
+
+rule prepare_images:
+    input:
+        root=config["data"]["classes"]["root"],
+    output:
+        images=directory("results/data/classes"),
+    params:
+        cfg=stage_params("data.classes"),
+        code=code_version("dnd/data/labelled.py", "dnd/data/splits.py", "dnd/data/shards.py", "dnd/stages/classes.py"),
+    log:
+        "logs/prepare_images.log",
+    benchmark:
+        "results/benchmarks/prepare_images.tsv"
+    threads: workflow.cores
+    shell:
+        "DND_WORKERS={threads} {DND} prepare-images --params {params.cfg} --root {input.root} --out {output.images} > {log} 2>&1"

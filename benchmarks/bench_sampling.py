@@ -1,0 +1,199 @@
+"""Sampling speed of the DnD-Transformer against 1-D baselines: the paper's efficiency claim, measured.
+
+Same backbone (default: the B preset, 12 layers, dim 768) with a 16384-code vocabulary and random
+weights (speed does not depend on them):
+
+  (a) DnD with depth D over P positions: P forward passes for P·D codes
+  (b) a 1-D model over P codes (LlamaGen): P passes           -> (a) / (b) time should be <= 1.15
+  (c) a 1-D model over all P·D codes in one sequence: P·D passes -> (c) / (a) time should be >= 0.8·D
+  (d) DnD with the KV cache vs recomputing the prefix at every position -> should be >= 10x
+
+Run:  python benchmarks/bench_sampling.py [--device cuda --compile --depth 2 4 8 --mfu]
+A training-step MFU estimate (--mfu) needs a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from dnd.transformer import (
+    SamplingConfig,
+    Transformer,
+    TransformerConfig,
+    code_cross_entropy,
+    remove_caches,
+    sample_sequence,
+)
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# dense bf16 peak of common accelerators, FLOP/s (SXM parts)
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--size", default="B", help="backbone preset (B, L, XL, XXL, XXXL)")
+    parser.add_argument("--vocab", type=int, default=16384, help="codebook size")
+    parser.add_argument("--batch", type=int, default=None, help="images per run (default: 8)")
+    parser.add_argument("--positions", type=int, default=None, help="spatial positions P (default: 256 GPU, 64 CPU)")
+    parser.add_argument("--uncached-positions", type=int, default=None, help="P for (d) (default: P GPU, 24 CPU)")
+    parser.add_argument("--depth", type=int, nargs="+", default=[2], help="DnD depths D to time, e.g. 2 4 8")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="bf16 (GPU default) or fp32 (CPU)")
+    parser.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (!= 1 doubles the batch)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the cached decode step")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up (median reported)")
+    parser.add_argument("--mfu", action="store_true", help="also estimate the MFU of a training step (GPU only)")
+    parser.add_argument("--mfu-batch", type=int, default=32, help="code maps per training step for --mfu")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator bf16 peak (default: by name)")
+    args = parser.parse_args()
+    on_gpu = args.device.startswith("cuda")
+    args.batch = args.batch or 8
+    args.positions = args.positions or (256 if on_gpu else 64)
+    args.uncached_positions = args.uncached_positions or (args.positions if on_gpu else 24)
+    args.dtype = args.dtype or ("bf16" if on_gpu else "fp32")
+    return args
+
+
+@dataclass
+class Timing:
+    name: str
+    passes: int  # forward passes per run
+    codes: int  # codes per image
+    seconds: float  # per run (median)
+    batch: int
+
+    def row(self) -> str:
+        rate = self.batch * self.codes / self.seconds
+        return (
+            f"{self.name:<34} {self.passes:>7} {self.codes:>7} {self.seconds:>9.3f} "
+            f"{rate:>11.0f} {self.batch / self.seconds:>9.2f}"
+        )
+
+
+def build(args: argparse.Namespace, variant: str, depth: int, positions: int) -> Transformer:
+    grid = math.ceil(math.sqrt(positions))  # the rotary table must cover every position
+    config = TransformerConfig.preset(args.size, vocab_size=args.vocab, depth=depth, grid_size=grid, variant=variant)
+    torch.manual_seed(0)
+    model = Transformer(config)
+    for head in model.heads:  # zero-initialised heads would give flat logits; keep sampling realistic
+        torch.nn.init.normal_(head.output.weight, std=config.initializer_range)
+    return model.to(device=args.device, dtype=DTYPES[args.dtype]).eval()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_seconds(run: Callable[[], object], args: argparse.Namespace) -> float:
+    run()  # warm-up: allocation, kernel selection, compilation
+    times = []
+    for _ in range(args.repeats):
+        sync(args.device)
+        start = time.perf_counter()
+        run()
+        sync(args.device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_sampling(args, name: str, variant: str, depth: int, positions: int, cached: bool = True) -> Timing:
+    model = build(args, variant, depth, positions)
+    labels = torch.randint(0, model.config.num_classes, (args.batch,))
+    cfg = SamplingConfig(temperature=1.0, cfg_scale=args.cfg_scale)
+
+    def run():
+        return sample_sequence(model, labels, cfg, num_positions=positions, use_cache=cached,
+                               compile=args.compile and cached)  # fmt: skip
+
+    seconds = median_seconds(run, args)
+    remove_caches(model)
+    del model
+    return Timing(name, positions, positions * depth, seconds, args.batch)
+
+
+def training_mfu(args: argparse.Namespace, depth: int) -> str:
+    if not args.device.startswith("cuda"):
+        return "n/a on CPU"
+    device_name = torch.cuda.get_device_name()
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
+        (flops for key, flops in PEAK_BF16.items() if key in device_name), None
+    )
+    if peak is None:
+        return f"n/a: unknown peak for {device_name!r}, pass --peak-tflops"
+    grid = math.isqrt(args.positions)
+    config = TransformerConfig.preset(args.size, vocab_size=args.vocab, depth=depth, grid_size=grid, variant="dnd")
+    model = Transformer(config).to(args.device).train()
+    step_model = torch.compile(model) if args.compile else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
+    codes = torch.randint(0, args.vocab, (args.mfu_batch, grid, grid, depth), device=args.device)
+    labels = torch.randint(0, config.num_classes, (args.mfu_batch,), device=args.device)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = code_cross_entropy(step_model(codes, labels), codes)[0]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds = median_seconds(lambda: [step() for _ in range(5)], args) / 5
+    # 6 FLOPs per matmul weight per token (forward + backward) + causal attention (PaLM's estimate)
+    embeddings = model.tok_embeddings.weight.numel() + model.class_embedding.weight.numel()
+    tokens = grid * grid
+    flops_per_token = 6 * (model.num_params() - embeddings) + 12 * config.n_layer * config.dim * tokens
+    achieved = flops_per_token * tokens * args.mfu_batch / seconds
+    return (
+        f"{achieved / peak:.1%} of {peak / 1e12:.0f} TFLOP/s ({device_name}; {seconds * 1e3:.0f} ms/step, "
+        f"batch {args.mfu_batch}x{tokens} positions, depth {depth}, bf16 autocast"
+        f"{', compiled' if args.compile else ''})"
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_float32_matmul_precision("high")
+    P, first_depth = args.positions, args.depth[0]
+    print(
+        f"device {args.device}, {args.dtype}, size {args.size}, vocab {args.vocab}, batch {args.batch}, "
+        f"P={P} positions, cfg_scale {args.cfg_scale}, compile {args.compile}, torch {torch.__version__}"
+        + (f", {torch.get_num_threads()} threads" if args.device == "cpu" else f", {torch.cuda.get_device_name()}")
+    )
+    print(f"{'run':<34} {'passes':>7} {'codes':>7} {'s/run':>9} {'codes/s':>11} {'images/s':>9}")
+
+    one_d = time_sampling(args, f"(b) 1D over P={P}", "1d", 1, P)
+    print(one_d.row(), flush=True)
+    checks = []
+    for depth in args.depth:
+        dnd = time_sampling(args, f"(a) DnD D={depth} over P={P}", "dnd", depth, P)
+        print(dnd.row(), flush=True)
+        long = time_sampling(args, f"(c) 1D over P*D={P * depth}", "1d", 1, P * depth)
+        print(long.row(), flush=True)
+        checks.append((f"(a)/(b) DnD D={depth} vs 1D over P: time ratio", dnd.seconds / one_d.seconds, "<=", 1.15))
+        checks.append((f"(c)/(a) 1D over P*D vs DnD D={depth}: speed-up", long.seconds / dnd.seconds, ">=", 0.8 * depth))
+
+    Pu = args.uncached_positions
+    cached = time_sampling(args, f"(d) DnD D={first_depth} cached, P={Pu}", "dnd", first_depth, Pu)
+    print(cached.row(), flush=True)
+    uncached = time_sampling(args, f"(d) DnD D={first_depth} uncached, P={Pu}", "dnd", first_depth, Pu, cached=False)
+    print(uncached.row(), flush=True)
+    checks.append((f"(d) uncached/cached at P={Pu}: speed-up", uncached.seconds / cached.seconds, ">=", 10.0))
+
+    print()
+    for label, value, op, bound in checks:
+        ok = value <= bound if op == "<=" else value >= bound
+        print(f"{'PASS' if ok else 'MISS'}  {label} = {value:.2f} (want {op} {bound:.2f})")
+    if args.mfu:
+        print(f"\ntraining-step MFU: {training_mfu(args, first_depth)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+import numpy as np
+import pytest
+import torch
+import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+from torch import nn
+
+from dnd.metrics.adm import read_adm_batch, reference_from_adm_batch, write_adm_batch
+from dnd.metrics.fid import (
+    FeatureStats,
+    Reference,
+    compute_stats,
+    evaluate_images,
+    frechet_distance,
+    inception_score,
+    precision_recall,
+)
+from dnd.metrics.inception import WEIGHTS_SETTING, InceptionWeightsMissing, load_inception
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    """torch-fidelity's Inception with random weights, saved as a state dict like the real weights file."""
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as patch:
+        # Build the bare network: skip the constructor's weight loading (it would download).
+        patch.setattr(tf_inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        network = tf_inception.FeatureExtractorInceptionV3("random", ["2048"])
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):  # He init keeps activations alive through ~40 conv layers
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("inception") / "inception-random.pth"
+    torch.save(network.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def extractor(random_weights):
+    return load_inception(random_weights, device="cpu")
+
+
+def random_images(seed: int, n: int = 6, size: int = 48) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)  # (N, H, W, 3)
+
+
+def test_missing_weights_name_the_setting(tmp_path):
+    with pytest.raises(InceptionWeightsMissing, match=WEIGHTS_SETTING):
+        load_inception(None)
+    with pytest.raises(InceptionWeightsMissing, match=WEIGHTS_SETTING):
+        load_inception(tmp_path / "absent.pth")
+
+
+def test_loader_uses_the_weights_file(extractor, random_weights):
+    saved = torch.load(random_weights)
+    name = "Mixed_7c.branch_pool.conv.weight"
+    assert torch.equal(extractor.network.state_dict()[name], saved[name])
+    gray = torch.from_numpy(random_images(1, n=2)[..., 0])[:, None]  # (2, 1, H, W)
+    feats = extractor.features(gray)
+    assert feats["pool"].shape == (2, 2048) and feats["logits_unbiased"].shape == (2, 1008)
+    assert feats["pool"].std(dim=0).mean() > 0  # distinct images, distinct features
+    rgb = extractor.features(gray.expand(-1, 3, -1, -1).contiguous())
+    torch.testing.assert_close(rgb["pool"], feats["pool"])  # grayscale is repeated to 3 channels
+    assert extractor.provenance["inception_weights"] == str(random_weights)
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 6 images in 2048 dimensions: expected
+def test_adm_batch_round_trip_and_end_to_end_evaluation(extractor, tmp_path):
+    images, labels = random_images(2), np.arange(6)
+    ref_path = tmp_path / "ref.npz"
+    # A reference batch as the ADM evaluator ships them: images, labels and TF-precomputed statistics.
+    np.savez(
+        ref_path, arr_0=images, arr_1=labels, mu=np.ones(2048), sigma=np.eye(2048), mu_s=np.zeros(7), sigma_s=np.eye(7)
+    )
+    batch = read_adm_batch(ref_path)
+    assert (batch.num_images, batch.image_shape) == (6, (48, 48, 3))
+    np.testing.assert_array_equal(batch.labels, labels)
+    np.testing.assert_array_equal(batch.pool_stats.mu, np.ones(2048))
+    assert batch.spatial_stats.sigma.shape == (7, 7)
+    np.testing.assert_array_equal(np.concatenate(list(batch.iter_images(4))), images)
+
+    precomputed = reference_from_adm_batch(ref_path, extractor, batch_size=3, use_precomputed_stats=True)
+    np.testing.assert_array_equal(precomputed.stats.mu, np.ones(2048))
+    assert "precomputed" in precomputed.provenance["reference_stats"]
+
+    sample_path = tmp_path / "samples.npz"
+    write_adm_batch(sample_path, images, labels)
+    reference = reference_from_adm_batch(sample_path, extractor, batch_size=4)
+    assert reference.features.shape == (6, 2048)
+    saved_path = tmp_path / "reference.npz"
+    reference.save(saved_path)
+    reloaded = Reference.load(saved_path)
+    np.testing.assert_array_equal(reloaded.features, reference.features)
+    assert reloaded.provenance == reference.provenance
+
+    result = evaluate_images(read_adm_batch(sample_path).iter_images(4), extractor, reloaded, is_splits=2)
+    assert result["n"] == 6
+    assert abs(result["fid"]) <= 1e-3 * np.trace(reference.stats.sigma) + 1e-9  # a set against itself
+    assert (result["precision"], result["recall"]) == (1.0, 1.0)
+    assert result["is"] >= 1.0 - 1e-9
+    provenance = result["provenance"]
+    assert provenance["inception_weights"] == str(extractor.weights_path)
+    assert provenance["reference"]["reference_batch"] == str(sample_path)
+    assert "not bit-identical" in provenance["comparability"]
+
+
+def test_frechet_distance_matches_closed_forms():
+    rng = np.random.default_rng(3)
+    d = 16
+    feats = rng.normal(size=(200, d))
+    stats = compute_stats(feats)
+    assert frechet_distance(stats, stats) == pytest.approx(0.0, abs=1e-8)
+    shifted = compute_stats(feats + 0.5)
+    assert frechet_distance(stats, shifted) == pytest.approx(d * 0.25, rel=1e-6)  # only the means move
+    wide, narrow = FeatureStats(np.zeros(d), 4.0 * np.eye(d), 1), FeatureStats(np.zeros(d), np.eye(d), 1)
+    assert frechet_distance(wide, narrow) == pytest.approx(d * (2.0 - 1.0) ** 2)  # d (s_a - s_b)^2
+    # Fewer samples than dimensions: a singular covariance still gives a finite, near-zero self-distance.
+    few = compute_stats(rng.normal(size=(5, 64)))
+    assert abs(frechet_distance(few, few)) < 1e-6 * np.trace(few.sigma)
+
+
+def test_feature_stats_round_trip(tmp_path):
+    stats = compute_stats(np.random.default_rng(4).normal(size=(10, 3)))
+    stats.save(tmp_path / "stats.npz")
+    loaded = FeatureStats.load(tmp_path / "stats.npz")
+    np.testing.assert_array_equal(loaded.sigma, stats.sigma)
+    assert loaded.n == 10
+
+
+def test_inception_score_extremes():
+    confident_one_class = np.zeros((40, 1008))
+    confident_one_class[:, 7] = 50.0
+    assert inception_score(confident_one_class, splits=4) == pytest.approx(1.0, abs=1e-6)
+    ten_classes = np.zeros((40, 1008))
+    ten_classes[np.arange(40), np.arange(40) % 10] = 50.0
+    assert inception_score(ten_classes, splits=4) == pytest.approx(10.0, rel=1e-3)
+
+
+def test_precision_recall_sanity():
+    rng = np.random.default_rng(5)
+    real = rng.normal(size=(64, 32))
+    assert precision_recall(real, real.copy(), k=3) == (1.0, 1.0)
+    far = rng.normal(size=(48, 32)) + 100.0
+    assert precision_recall(real, far, k=3) == (0.0, 0.0)
+    mixed = np.concatenate([rng.normal(size=(30, 32)), far[:20]])
+    # Blocked distance computation agrees with one block.
+    assert precision_recall(real, mixed, k=3, batch_size=7) == precision_recall(real, mixed, k=3, batch_size=4096)
+    precision, _ = precision_recall(real, mixed, k=3)
+    assert precision <= 30 / 50  # the far samples are never inside the real manifold
