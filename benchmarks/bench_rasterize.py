@@ -53,7 +53,10 @@ def ours(paths: list[Path], cfg: RasterConfig) -> int:
     return stats["pages"]
 
 
-def best_rates(loops: list[Callable[[list[Path], RasterConfig], int]], paths: list[Path], cfg: RasterConfig, repeats: int) -> list[float]:
+Loop = Callable[[list[Path], RasterConfig], int]  # returns the number of pages it rendered
+
+
+def best_rates(loops: list[Loop], paths: list[Path], cfg: RasterConfig, repeats: int) -> list[float]:
     """Pages per second of each loop's fastest run; runs alternate so load from other processes hits both."""
     best = [float("inf")] * len(loops)
     pages = [0] * len(loops)

@@ -161,6 +161,7 @@ def training_mfu(args: argparse.Namespace, depth: int) -> str:
 def main() -> None:
     args = parse_args()
     torch.set_float32_matmul_precision("high")
+    torch._dynamo.config.cache_size_limit = 64  # one compiled decode step per model timed here
     P, first_depth = args.positions, args.depth[0]
     print(
         f"device {args.device}, {args.dtype}, size {args.size}, vocab {args.vocab}, batch {args.batch}, "

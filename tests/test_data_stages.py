@@ -50,7 +50,7 @@ def test_real_and_broken_pdfs_finish_with_every_fault_counted(tmp_path, caplog):
     assert sum(r["repaired"] for r in records) >= 1
 
 
-def test_two_versions_of_a_paper_share_a_split_and_reruns_reuse_shards(tmp_path):
+def test_only_the_latest_version_of_a_paper_is_kept_and_reruns_reuse_shards(tmp_path):
     demo = write_demo_pdfs(tmp_path / "demo", n=4)
     pdfs = tmp_path / "pdfs"
     pdfs.mkdir()
@@ -59,12 +59,15 @@ def test_two_versions_of_a_paper_share_a_split_and_reruns_reuse_shards(tmp_path)
         shutil.copy(path, pdfs / path.name.replace("v1", "v2"))
     cfg = ArxivImageConfig(pdfs=str(pdfs), raster=FAST, shards=3,
                            splits=SplitConfig(val_fraction=0.3, test_fraction=0.3, test_max_images=None))
-    rasterize_pdfs(cfg, tmp_path / "a", tmp_path / "work")
+    manifest = rasterize_pdfs(cfg, tmp_path / "a", tmp_path / "work")
+    assert manifest["stats"]["superseded_version"] == 4 and manifest["stats"]["file_ok"] == 4
     by_paper: dict[str, set[str]] = {}
+    ids = []
     for split in shards.SPLITS:
-        for record in shards.iter_records(tmp_path / "a", split, columns=["paper_id", "split"]):
+        for record in shards.iter_records(tmp_path / "a", split, columns=["id", "paper_id", "split"]):
             by_paper.setdefault(record["paper_id"], set()).add(record["split"])
-    assert len(by_paper) == 4
+            ids.append(record["id"])
+    assert len(by_paper) == 4 and len(ids) == len(set(ids))
     assert all(len(splits) == 1 for splits in by_paper.values())
     # A rerun with the same work area reuses the raw shards; the published bytes are identical.
     raw = sorted((tmp_path / "work" / "raw").glob("*.parquet"))

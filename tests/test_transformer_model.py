@@ -16,7 +16,7 @@ from dnd.transformer import (
     generate_uncached,
     load_authors_checkpoint,
 )
-from dnd.transformer.generate import DepthRule, apply_guidance, filter_logits, sample_codes
+from dnd.transformer.generate import DepthRule, apply_guidance, draw_gumbel, filter_logits, sample_codes
 from dnd.transformer.model import precompute_rotary_2d
 
 VARIANTS = ["1d", "parallel", "vertical", "dnd"]
@@ -116,9 +116,9 @@ def test_top_k_top_p_filters_and_exact_draws():
     assert kept(0, 0.7) == [1, 3]
     assert kept(0, 0.9) == [0, 1, 3]
     assert kept(1, 0.9) == [1]
-    # the exponential race draws each code with its probability
-    noise = torch.empty(40_000, 4).exponential_(generator=torch.Generator().manual_seed(0))
-    draws = sample_codes(logits.expand(40_000, -1), DepthRule(1.0, 0, 1.0), noise)
+    # the Gumbel-max trick draws each code with its probability
+    gumbel = draw_gumbel(torch.Generator().manual_seed(0), 1, 40_000, 4, torch.device("cpu"))[0]
+    draws = sample_codes(logits.expand(40_000, -1), DepthRule(1.0, 0, 1.0), gumbel)
     torch.testing.assert_close(torch.bincount(draws, minlength=4) / 40_000, probs, rtol=0, atol=0.01)
 
 

@@ -105,8 +105,8 @@ SECTIONS = (
     "Limitations",
     "Conclusion",
 )
-TITLE_HEADS = ("Residual Codes", "Deeper Tokens", "Two-Dimensional Autoregression", "Stacked Quantizers", "Depth-wise Heads")
-TITLE_TAILS = ("for Legible Text in Images", "for Fine-Grained Image Generation", "Beyond One Code per Patch", "for Rich-Text Images")
+TITLE_HEADS = ("Residual Codes", "Deeper Tokens", "Two-Dimensional Autoregression", "Stacked Quantizers")
+TITLE_TAILS = ("for Legible Text in Images", "for Fine-Grained Image Generation", "for Rich-Text Images")
 AUTHORS = ("A. Moreau", "B. Okafor", "C. Lindqvist", "D. Tanaka", "E. Novak", "F. Haddad", "G. Ferreira", "H. Iyer")
 CAPTIONS = (
     "Figure 1: The tokenizer. The encoder maps an image to a grid of vectors; each vector is quantized into "
@@ -291,7 +291,8 @@ class ColumnFlow:
 
     def draw_figure(self, caption: str) -> None:
         top = self.reserve(FIGURE_HEIGHT)
-        draw_pipeline_figure(self.page, pymupdf.Rect(self.rect.x0, top, self.rect.x1, top + FIGURE_HEIGHT - 10), self.put)
+        drawing = pymupdf.Rect(self.rect.x0, top, self.rect.x1, top + FIGURE_HEIGHT - 10)
+        draw_pipeline_figure(self.page, drawing, self.put)
         self.text(caption, "tiro", 9.0)
         self.space(8)
 

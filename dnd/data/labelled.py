@@ -56,34 +56,49 @@ def load_image(path: Path, grayscale: bool) -> Image.Image:
 
 
 def class_folders(root: Path) -> list[Path]:
-    folders = sorted((path for path in Path(root).iterdir() if path.is_dir() and not path.name.startswith(".")), key=lambda p: p.name)
+    """Class subfolders sorted by name: their positions are the labels."""
+    folders = [path for path in Path(root).iterdir() if path.is_dir() and not path.name.startswith(".")]
     if not folders:
         raise FileNotFoundError(f"no class folders under {root}: expected one subfolder of images per class")
-    return folders
+    return sorted(folders, key=lambda path: path.name)
+
+
+def list_images(root: Path, stats: Counter) -> tuple[list[str], list[tuple[Path, str, int]]]:
+    """Class names in label order, and every image file as (path, id "<class>/<relative path>", label)."""
+    classes, files = [], []
+    for label, folder in enumerate(class_folders(root)):
+        classes.append(folder.name)
+        for relative in sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()):
+            path = folder / relative
+            if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+                stats["ignored_file"] += 1  # READMEs, checksums, hidden files
+                continue
+            files.append((path, f"{folder.name}/{relative}", label))
+    return classes, files
+
+
+def image_record(
+    path: Path, image_id: str, label: int, cfg: LabelledConfig, stats: Counter, log: logging.Logger
+) -> dict[str, Any] | None:
+    """The record of one image file, or None (counted and logged) when it cannot be decoded."""
+    try:
+        image = load_image(path, cfg.grayscale)
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError... for broken files
+        stats["skipped_image:unreadable"] += 1
+        log.warning("%s: skipped unreadable image: %s: %s", path, type(err).__name__, err)
+        return None
+    stats["images"] += 1
+    png = encode_png(resize_center_crop(image, cfg.size))
+    return {"id": image_id, "png": png, "text": "", "title": image_id.split("/", 1)[0], "label": label}
 
 
 def iter_image_folder(root: Path, cfg: LabelledConfig, stats: Counter, log: logging.Logger) -> Iterator[dict[str, Any]]:
     """Yield id, png, text (""), title (class name) and label for every readable image, in a fixed order."""
-    for label, folder in enumerate(class_folders(root)):
-        files = sorted((path for path in folder.rglob("*") if path.is_file()), key=lambda p: p.relative_to(folder).as_posix())
-        for path in files:
-            if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
-                stats["ignored_file"] += 1  # READMEs, checksums, hidden files
-                continue
-            try:
-                image = load_image(path, cfg.grayscale)
-            except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError... for broken files
-                stats["skipped_image:unreadable"] += 1
-                log.warning("%s: skipped unreadable image: %s: %s", path, type(err).__name__, err)
-                continue
-            stats["images"] += 1
-            yield {
-                "id": f"{folder.name}/{path.relative_to(folder).as_posix()}",
-                "png": encode_png(resize_center_crop(image, cfg.size)),
-                "text": "",
-                "title": folder.name,
-                "label": label,
-            }
+    _, files = list_images(root, stats)
+    for path, image_id, label in files:
+        record = image_record(path, image_id, label, cfg, stats, log)
+        if record is not None:
+            yield record
 
 
 def write_digits_image_folder(out_dir: Path, per_class: int | None = None, upscale_to: int = 32) -> Path:

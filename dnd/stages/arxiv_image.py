@@ -9,6 +9,7 @@ the published layout. Broken files and pages are skipped, counted and named; the
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import pyarrow as pa
 
 from dnd.atomic import atomic_dir
 from dnd.data import shards
-from dnd.data.pdf import RasterConfig, rasterize_pdf
+from dnd.data.pdf import RasterConfig, paper_id_from, rasterize_pdf
 from dnd.data.splits import SplitConfig, assign_splits, key_hash
 from dnd.launch import map_shards
 from dnd.provenance import write_provenance
@@ -61,6 +62,31 @@ def list_pdfs(source: Path) -> list[Path]:
     raise FileNotFoundError(f"data.arxiv_image.pdfs: {source} is neither a folder nor a list file")
 
 
+VERSION = re.compile(r"v(\d+)(?!.*v\d)", re.IGNORECASE)
+
+
+def latest_versions(pdfs: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Keep one file per arXiv id (the highest version in its file name); return (kept, superseded).
+
+    Two versions of a paper would give the same record ids and near-duplicate pages. Files whose
+    name holds no arXiv id are all kept (their id comes from the first page, after rendering).
+    """
+    best: dict[str, tuple[int, Path]] = {}
+    kept: list[Path] = []
+    for pdf in pdfs:
+        paper = paper_id_from(pdf, None)
+        if paper == pdf.stem:  # no id in the name
+            kept.append(pdf)
+            continue
+        match = VERSION.search(pdf.stem)
+        version = int(match.group(1)) if match else 0
+        if paper not in best or (version, pdf.name) > (best[paper][0], best[paper][1].name):
+            best[paper] = (version, pdf)
+    kept.extend(path for _, path in best.values())
+    kept_set = set(kept)
+    return sorted(kept), [pdf for pdf in pdfs if pdf not in kept_set]
+
+
 @dataclass(frozen=True)
 class RasterShardTask:
     pdfs: tuple[str, ...]
@@ -92,7 +118,9 @@ def rasterize_shard(task: RasterShardTask) -> dict[str, Any]:
 
 
 def rasterize_pdfs(cfg: ArxivImageConfig, out_dir: Path, work_dir: Path) -> dict[str, Any]:
-    pdfs = list_pdfs(Path(cfg.pdfs))
+    pdfs, superseded = latest_versions(list_pdfs(Path(cfg.pdfs)))
+    for pdf in superseded:
+        log.info("%s: superseded by a later version of the same paper; not rasterized", pdf)
     by_shard: list[list[str]] = [[] for _ in range(cfg.shards)]
     for pdf in pdfs:  # by file name: adding a PDF never moves the others to another shard
         by_shard[key_hash(pdf.name) % cfg.shards].append(str(pdf))
@@ -101,7 +129,7 @@ def rasterize_pdfs(cfg: ArxivImageConfig, out_dir: Path, work_dir: Path) -> dict
     tasks = [RasterShardTask(tuple(files), i, cfg.shards, cfg.raster, raw_dir) for i, files in enumerate(by_shard)]
     summaries = map_shards("rasterize_pdfs", rasterize_shard, tasks, work_dir)
 
-    stats: Counter = Counter()
+    stats: Counter = Counter({"superseded_version": len(superseded)} if superseded else {})
     images_per_paper: Counter = Counter()
     events = []
     for summary in summaries:

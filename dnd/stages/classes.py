@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from dnd.atomic import atomic_dir
 from dnd.data import shards
-from dnd.data.labelled import IMAGE_SUFFIXES, LabelledConfig, class_folders, load_image, resize_center_crop
+from dnd.data.labelled import LabelledConfig, image_record, list_images
 from dnd.data.splits import SplitConfig, assign_splits, key_hash
 from dnd.launch import map_shards
 from dnd.provenance import write_provenance
@@ -57,35 +57,18 @@ def prepare_shard(task: ClassShardTask) -> dict[str, Any]:
 
     def build() -> tuple[list[dict[str, Any]], dict[str, Any]]:
         stats: Counter = Counter()
-        records = []
-        for path, image_id, label in task.files:
-            try:
-                image = load_image(Path(path), task.image.grayscale)
-            except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError... for broken files
-                stats["skipped_image:unreadable"] += 1
-                log.warning("%s: skipped unreadable image: %s: %s", path, type(err).__name__, err)
-                continue
-            stats["images"] += 1
-            png = shards.encode_png(resize_center_crop(image, task.image.size))
-            records.append({"id": image_id, "png": png, "text": "", "title": image_id.split("/", 1)[0], "label": label})
+        records = [image_record(Path(path), image_id, label, task.image, stats, log) for path, image_id, label in task.files]
+        records = [record for record in records if record is not None]
         return records, {"stats": dict(stats), "ids": [record["id"] for record in records]}
 
     raw = shards.raw_shard_path(task.raw_dir, task.index, task.count)
     return shards.build_raw_shard(raw, build, shards.image_schema(EXTRA_FIELDS))
 
 
-def list_class_images(root: Path) -> tuple[list[str], list[tuple[str, str, int]]]:
-    classes, files = [], []
-    for label, folder in enumerate(class_folders(root)):
-        classes.append(folder.name)
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-                files.append((str(path), f"{folder.name}/{path.relative_to(folder).as_posix()}", label))
-    return classes, files
-
-
 def prepare_images(cfg: ClassesConfig, out_dir: Path, work_dir: Path) -> dict[str, Any]:
-    classes, files = list_class_images(Path(cfg.root))
+    listing: Counter = Counter()
+    classes, files = list_images(Path(cfg.root), listing)
+    files = [(str(path), image_id, label) for path, image_id, label in files]
     by_shard: list[list[tuple[str, str, int]]] = [[] for _ in range(cfg.shards)]
     for entry in files:
         by_shard[key_hash(entry[1]) % cfg.shards].append(entry)
@@ -93,7 +76,7 @@ def prepare_images(cfg: ClassesConfig, out_dir: Path, work_dir: Path) -> dict[st
     raw_dir.mkdir(parents=True, exist_ok=True)
     tasks = [ClassShardTask(tuple(f), i, cfg.shards, cfg.image, raw_dir) for i, f in enumerate(by_shard)]
     results = map_shards("prepare_images", prepare_shard, tasks, work_dir)
-    stats: Counter = Counter()
+    stats: Counter = Counter(listing)
     for result in results:
         stats.update(result["stats"])
     splits = assign_splits({image_id: 1 for result in results for image_id in result["ids"]}, cfg.splits)

@@ -147,18 +147,17 @@ def load_lpips(backbone: str, weights_path: str | Path | None) -> lpips.LPIPS:
     if not path.is_file():
         raise LpipsWeightsMissing(f"{LPIPS_WEIGHTS_SETTING} points to {path}, which does not exist: {advice}")
     features = _backbone_features(path)
+    expected = {f"{index}.{kind}" for index in BACKBONE_CONV_INDICES[backbone] for kind in ("weight", "bias")}
+    if set(features) != expected:
+        raise ValueError(
+            f"{path} does not hold a torchvision {backbone} feature extractor: missing "
+            f"{sorted(expected - set(features))}, unexpected {sorted(set(features) - expected)}"
+        )
     with warnings.catch_warnings():  # torchvision deprecates the `pretrained=` argument lpips still passes
         warnings.simplefilter("ignore", UserWarning)
         model = lpips.LPIPS(net=backbone, pretrained=True, pnet_rand=True, verbose=False)
     # The lpips backbone names its layers `slice{k}.{torchvision index}.{weight|bias}`.
-    wanted = {name: name.split(".", 1)[1] for name in model.net.state_dict()}
-    missing = sorted(source for source in wanted.values() if source not in features)
-    unused = sorted(set(features) - set(wanted.values()))
-    if missing or unused:
-        raise ValueError(
-            f"{path} does not hold a torchvision {backbone} feature extractor: missing {missing}, unexpected {unused}"
-        )
-    model.net.load_state_dict({name: features[source] for name, source in wanted.items()})
+    model.net.load_state_dict({name: features[name.split(".", 1)[1]] for name in model.net.state_dict()})
     return model.eval().requires_grad_(False)
 
 

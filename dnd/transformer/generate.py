@@ -7,8 +7,8 @@ embeddings of the D sampled codes.
 
 Classifier-free guidance doubles the batch (conditional rows first, null-class rows second), mixes
 the two halves' logits at every head, `uncond + s·(cond − uncond)`, and feeds the guided code to both
-halves. Sampling draws its randomness from a seeded `torch.Generator` before each pass, so the result
-is a function of (weights, labels, config) alone, cached or not.
+halves. Sampling draws its randomness (Gumbel noise) from a seeded `torch.Generator` before each
+pass, so the result is a function of (weights, labels, config) alone, cached or not.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
@@ -94,16 +93,16 @@ def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
     return logits
 
 
-def sample_codes(logits: Tensor, rule: DepthRule, noise: Tensor | None) -> Tensor:
-    """Draw one code per row of logits (B, V) using noise (B, V) of Exp(1) draws -> (B,).
+def sample_codes(logits: Tensor, rule: DepthRule, gumbel: Tensor | None) -> Tensor:
+    """Draw one code per row of logits (B, V) using Gumbel noise (B, V) -> (B,).
 
-    argmax(p / e) with e ~ Exp(1) is an exact draw from p (the exponential race), free of the
-    host synchronisation of torch.multinomial.
+    argmax(logits / T + g) with g ~ Gumbel(0, 1) is an exact draw from softmax(logits / T) (the
+    Gumbel-max trick): no softmax, and none of the host synchronisation of torch.multinomial.
     """
     if rule.greedy:
         return logits.argmax(-1)
     logits = filter_logits(logits / rule.temperature, rule.top_k, rule.top_p)
-    return (F.softmax(logits, dim=-1) / noise).argmax(-1)
+    return (logits + gumbel).argmax(-1)
 
 
 def apply_guidance(logits: Tensor, scale: Tensor) -> Tensor:
@@ -112,10 +111,10 @@ def apply_guidance(logits: Tensor, scale: Tensor) -> Tensor:
     return uncond + scale * (cond - uncond)
 
 
-def draw_noise(generator: torch.Generator, depth: int, batch: int, vocab: int, device: torch.device) -> Tensor:
-    """(D, B, V) Exp(1) draws for one position; clamped away from 0 so p / e stays finite."""
-    noise = torch.empty(depth, batch, vocab, device=device).exponential_(generator=generator)
-    return noise.clamp_min_(torch.finfo(noise.dtype).tiny)
+def draw_gumbel(generator: torch.Generator, depth: int, batch: int, vocab: int, device: torch.device) -> Tensor:
+    """(D, B, V) Gumbel(0, 1) draws for one position: -log(e), e ~ Exp(1) kept away from 0."""
+    exponential = torch.empty(depth, batch, vocab, device=device).exponential_(generator=generator)
+    return exponential.clamp_min_(torch.finfo(exponential.dtype).tiny).log_().neg_()
 
 
 def forward_and_sample(
@@ -123,7 +122,7 @@ def forward_and_sample(
     x: Tensor,
     known_codes: Tensor,
     input_pos: Tensor | None,
-    noise: Tensor | None,
+    gumbel: Tensor | None,
     scale: Tensor,
     rules: tuple[DepthRule, ...],
     guided: bool,
@@ -139,30 +138,32 @@ def forward_and_sample(
         last = logits[:, -1]  # (B2, V)
         if guided:
             last = apply_guidance(last, scale)
-        code = sample_codes(last, rules[depth], None if noise is None else noise[depth])  # (B,)
+        code = sample_codes(last, rules[depth], None if gumbel is None else gumbel[depth])  # (B,)
         picked.append(code)
-        both_halves = torch.cat([code, code]) if guided else code
-        return torch.cat([known_codes[:, :, depth], both_halves[:, None]], dim=1)  # (B2, T)
+        new = (torch.cat([code, code]) if guided else code)[:, None]  # (B2, 1)
+        if known_codes.shape[1] == 0:  # decoding with the cache: x is this one position
+            return new
+        return torch.cat([known_codes[:, :, depth], new], dim=1)  # (B2, T)
 
     model.forward_tokens(x, choose_code, input_pos)
     return torch.stack(picked, dim=-1)
 
 
 def prefill(
-    model: Transformer, labels: Tensor, noise: Tensor | None, scale: Tensor, rules: tuple[DepthRule, ...], guided: bool
+    model: Transformer, labels: Tensor, gumbel: Tensor | None, scale: Tensor, rules: tuple[DepthRule, ...], guided: bool
 ) -> Tensor:
     """Fill the cache with the class tokens labels (B2,) and sample position 0 -> codes (B, D)."""
     x = model.embed_labels(labels)  # (B2, 1, dim)
     no_codes = x.new_empty(x.shape[0], 0, model.config.depth, dtype=torch.long)
     input_pos = torch.zeros(1, dtype=torch.long, device=x.device)
-    return forward_and_sample(model, x, no_codes, input_pos, noise, scale, rules, guided)
+    return forward_and_sample(model, x, no_codes, input_pos, gumbel, scale, rules, guided)
 
 
 def decode_one_step(
     model: Transformer,
     prev_codes: Tensor,
     input_pos: Tensor,
-    noise: Tensor | None,
+    gumbel: Tensor | None,
     scale: Tensor,
     rules: tuple[DepthRule, ...],
     guided: bool,
@@ -172,14 +173,14 @@ def decode_one_step(
         prev_codes = torch.cat([prev_codes, prev_codes])
     x = model.embed_codes(prev_codes)[:, None]  # (B2, 1, dim)
     no_codes = prev_codes.new_empty(prev_codes.shape[0], 0, prev_codes.shape[1])
-    return forward_and_sample(model, x, no_codes, input_pos, noise, scale, rules, guided)
+    return forward_and_sample(model, x, no_codes, input_pos, gumbel, scale, rules, guided)
 
 
 def recompute_step(
     model: Transformer,
     labels: Tensor,
     codes_so_far: Tensor,
-    noise: Tensor | None,
+    gumbel: Tensor | None,
     scale: Tensor,
     rules: tuple[DepthRule, ...],
     guided: bool,
@@ -188,7 +189,7 @@ def recompute_step(
     if guided:
         codes_so_far = torch.cat([codes_so_far, codes_so_far])
     x = torch.cat([model.embed_labels(labels), model.embed_codes(codes_so_far)], dim=1)  # (B2, p+1, dim)
-    return forward_and_sample(model, x, codes_so_far, None, noise, scale, rules, guided)
+    return forward_and_sample(model, x, codes_so_far, None, gumbel, scale, rules, guided)
 
 
 @functools.cache
@@ -237,6 +238,9 @@ def sample_sequence(
     sampled = not all(rule.greedy for rule in rules)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     step = compiled_decode_step(device.type) if compile else decode_one_step
+    # per-position inputs made once: no host-to-device copy inside the loop
+    scales = torch.tensor([cfg.cfg_scale_at(p, positions) for p in range(positions)], device=device)
+    input_positions = torch.arange(positions, device=device)
 
     was_training = model.training
     model.eval()
@@ -244,15 +248,13 @@ def sample_sequence(
         setup_caches(model, model_labels.shape[0], positions)
     codes = torch.empty(batch, positions, config.depth, dtype=torch.long, device=device)
     for p in range(positions):
-        noise = draw_noise(generator, config.depth, batch, config.vocab_size, device) if sampled else None
-        scale = torch.tensor(cfg.cfg_scale_at(p, positions), device=device)
+        gumbel = draw_gumbel(generator, config.depth, batch, config.vocab_size, device) if sampled else None
         if not use_cache:
-            codes[:, p] = recompute_step(model, model_labels, codes[:, :p], noise, scale, rules, guided)
+            codes[:, p] = recompute_step(model, model_labels, codes[:, :p], gumbel, scales[p], rules, guided)
         elif p == 0:
-            codes[:, p] = prefill(model, model_labels, noise, scale, rules, guided)
+            codes[:, p] = prefill(model, model_labels, gumbel, scales[p], rules, guided)
         else:
-            input_pos = torch.tensor([p], device=device)
-            codes[:, p] = step(model, codes[:, p - 1], input_pos, noise, scale, rules, guided)
+            codes[:, p] = step(model, codes[:, p - 1], input_positions[p : p + 1], gumbel, scales[p], rules, guided)
     model.train(was_training)
     return codes
 

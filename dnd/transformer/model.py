@@ -148,8 +148,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()  # normalise in fp32 also under bf16
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        # normalise in fp32 also under bf16, scale after casting back (as LlamaGen)
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 def precompute_rotary_2d(grid_size: int, head_dim: int, base: float) -> Tensor:
@@ -171,12 +171,16 @@ def precompute_rotary_2d(grid_size: int, head_dim: int, base: float) -> Tensor:
 
 
 def apply_rotary(x: Tensor, rotary: Tensor) -> Tensor:
-    """Rotate adjacent pairs of x (B, T, H, hd) by the angles in rotary (T, hd/2, 2)."""
-    pairs = rearrange(x.float(), "b t h (p two) -> b t h p two", two=2)
-    cos, sin = rotary[None, :, None, :, 0], rotary[None, :, None, :, 1]
-    real, imag = pairs[..., 0], pairs[..., 1]
+    """Rotate adjacent pairs of x (B, T, ..., hd) by the angles in rotary (T, hd/2, 2)."""
+    real, imag = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, T, ..., hd/2) each
+    cos, sin = (rotary[..., i].view(1, rotary.shape[0], *[1] * (x.ndim - 3), -1) for i in (0, 1))
     rotated = torch.stack([real * cos - imag * sin, imag * cos + real * sin], dim=-1)
     return rotated.flatten(-2).type_as(x)
+
+
+def decoding_mask(input_pos: Tensor, cache_len: int) -> Tensor:
+    """(T, S) boolean mask: the token at sequence index input_pos[t] sees cache slots up to it."""
+    return torch.arange(cache_len, device=input_pos.device) <= input_pos[:, None]
 
 
 class Attention(nn.Module):
@@ -189,21 +193,18 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.resid_dropout)
         self.kv_cache: KVCache | None = None  # set by kv_cache.setup_caches for decoding
 
-    def forward(self, x: Tensor, rotary: Tensor, input_pos: Tensor | None) -> Tensor:
-        # x: (B, T, dim); input_pos: (T,) sequence indexes when decoding with the cache, else None
-        q, k, v = rearrange(self.wqkv(x), "b t (three h d) -> three b t h d", three=3, h=self.n_head)
-        q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
-        q, k, v = (rearrange(t, "b t h d -> b h t d") for t in (q, k, v))
-        if input_pos is None:  # whole sequence at once: plain causal attention
-            mask, causal = None, True
-        else:
+    def forward(self, x: Tensor, rotary: Tensor, input_pos: Tensor | None, mask: Tensor | None) -> Tensor:
+        # x: (B, T, dim). Decoding: input_pos (T,) sequence indexes and mask (T, S) over the KV cache;
+        # both None: x is the whole sequence, plain causal attention.
+        qkv = rearrange(self.wqkv(x), "b t (three h d) -> b t three h d", three=3, h=self.n_head)
+        qk = apply_rotary(qkv[:, :, :2], rotary)  # queries and keys in one go
+        q, k, v = (rearrange(t, "b t h d -> b h t d") for t in (qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]))
+        if input_pos is not None:
             if self.kv_cache is None:
                 raise RuntimeError("input_pos given but no KV cache: call kv_cache.setup_caches(model, ...) first")
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, H, S, hd)
-            mask = torch.arange(k.shape[2], device=x.device) <= input_pos[:, None]  # (T, S)
-            causal = False
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.attn_dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=self.attn_dropout if self.training else 0.0
         )
         return self.resid_dropout(self.wo(rearrange(out, "b h t d -> b t (h d)")))
 
@@ -230,8 +231,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x: Tensor, rotary: Tensor, input_pos: Tensor | None) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), rotary, input_pos)
+    def forward(self, x: Tensor, rotary: Tensor, input_pos: Tensor | None, mask: Tensor | None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), rotary, input_pos, mask)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -307,12 +308,17 @@ class Transformer(nn.Module):
         input_pos (T,) gives the sequence indexes of x when decoding with the KV cache; None means x is
         the whole sequence from index 0.
         """
-        rotary = self.rotary[: x.shape[1]] if input_pos is None else self.rotary[input_pos]
+        if input_pos is None:
+            rotary, mask = self.rotary[: x.shape[1]], None
+        else:
+            cache = self.blocks[0].attention.kv_cache
+            cache_len = cache.k_cache.shape[2] if cache is not None else 0
+            rotary, mask = self.rotary[input_pos], decoding_mask(input_pos, cache_len)
         h = self.token_dropout(x)
         logits_per_depth = []
         for depth, (start, end) in enumerate(self.head_segments):
             for block in self.blocks[start:end]:
-                h = block(h, rotary, input_pos)
+                h = block(h, rotary, input_pos, mask)
             logits = self.heads[depth](h)
             logits_per_depth.append(logits)
             codes = choose_code(depth, logits)

@@ -1,0 +1,146 @@
+"""What every training loop of the project shares: deterministic data order, checkpoints, resume, stop signals.
+
+Resume is the same code path as start: `Checkpointer.load()` returns the last state or None. A run
+killed at any point and restarted reaches the same step count with the same batches, because the
+batch order is a pure function of (seed, step), never of how many times the run was restarted.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from dnd.atomic import atomic_path
+
+log = logging.getLogger("dnd.training")
+
+
+def batch_indices(n_items: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """The indices of batch `step`: epochs are seeded permutations, batches consecutive slices (wrapping)."""
+    if n_items <= 0:
+        raise ValueError("cannot draw batches from an empty data set")
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n_items)
+        order = np.random.default_rng([seed, epoch]).permutation(n_items)
+        out.extend(order[offset : offset + batch_size - len(out)].tolist())
+    return np.asarray(out)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """`last.pt` (resume point, written every N steps and on a stop signal) and `best.pt` (by validation loss)."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def last(self) -> Path:
+        return self.directory / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.directory / "best.pt"
+
+    def save(self, state: dict[str, Any], path: Path | None = None) -> Path:
+        target = path or self.last
+        with atomic_path(target) as tmp:
+            torch.save(state, tmp)
+        return target
+
+    def load(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        if not self.last.exists():
+            return None
+        state = torch.load(self.last, map_location=map_location, weights_only=False)
+        log.info("resuming from %s at step %d", self.last, state["step"])
+        return state
+
+
+class StopSignal:
+    """Turns SIGTERM / SIGUSR1 / SIGUSR2 (SLURM's time-limit and preemption warnings) into a flag
+    the loop checks after each step: it then checkpoints and exits cleanly instead of dying mid-write."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignal":
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: the launcher handles signals there
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("received signal %d: checkpointing after this step", signum)
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class Progress:
+    """A tqdm bar on a terminal, periodic log lines in batch jobs."""
+
+    total: int
+    start: int
+    every: int = 50
+
+    def __post_init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, initial=self.start, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.bar.disable:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
+        elif step % self.every == 0 or step == self.total:
+            log.info("step %d/%d %s", step, self.total, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def iterate_steps(start: int, total: int, stop: StopSignal) -> Iterator[int]:
+    for step in range(start, total):
+        if stop.received is not None:
+            return
+        yield step
