@@ -11,6 +11,7 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/tokenizer.smk"
 
 
 rule all:
@@ -19,4 +20,6 @@ rule all:
         rules.make_text256.output.images,
         rules.rasterize_pdfs.output.images,
         rules.prepare_images.output.images,
+        rules.make_table1a.output.table,
+        rules.make_table1b.output.table,
     default_target: True

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="bf16 (GPU default) or fp32 (CPU)")
     parser.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (!= 1 doubles the batch)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the cached decode step")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up (median reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up (the fastest is reported)")
     parser.add_argument("--mfu", action="store_true", help="also estimate the MFU of a training step (GPU only)")
     parser.add_argument("--mfu-batch", type=int, default=32, help="code maps per training step for --mfu")
     parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator bf16 peak (default: by name)")
@@ -67,7 +66,7 @@ class Timing:
     name: str
     passes: int  # forward passes per run
     codes: int  # codes per image
-    seconds: float  # per run (median)
+    seconds: float  # per run (fastest of the repeats)
     batch: int
 
     def row(self) -> str:
@@ -93,7 +92,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def median_seconds(run: Callable[[], object], args: argparse.Namespace) -> float:
+def best_seconds(run: Callable[[], object], args: argparse.Namespace) -> float:
+    """Fastest of the timed runs: interference from other processes only ever adds time."""
     run()  # warm-up: allocation, kernel selection, compilation
     times = []
     for _ in range(args.repeats):
@@ -102,7 +102,7 @@ def median_seconds(run: Callable[[], object], args: argparse.Namespace) -> float
         run()
         sync(args.device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def time_sampling(args, name: str, variant: str, depth: int, positions: int, cached: bool = True) -> Timing:
@@ -114,7 +114,7 @@ def time_sampling(args, name: str, variant: str, depth: int, positions: int, cac
         return sample_sequence(model, labels, cfg, num_positions=positions, use_cache=cached,
                                compile=args.compile and cached)  # fmt: skip
 
-    seconds = median_seconds(run, args)
+    seconds = best_seconds(run, args)
     remove_caches(model)
     del model
     return Timing(name, positions, positions * depth, seconds, args.batch)
@@ -145,7 +145,7 @@ def training_mfu(args: argparse.Namespace, depth: int) -> str:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = median_seconds(lambda: [step() for _ in range(5)], args) / 5
+    seconds = best_seconds(lambda: [step() for _ in range(5)], args) / 5
     # 6 FLOPs per matmul weight per token (forward + backward) + causal attention (PaLM's estimate)
     embeddings = model.tok_embeddings.weight.numel() + model.class_embedding.weight.numel()
     tokens = grid * grid

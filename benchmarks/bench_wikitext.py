@@ -85,7 +85,8 @@ def main() -> None:
     logging.getLogger("wikiextractor").setLevel(logging.ERROR)  # template warnings are noise here
 
     read_s, pages = best_time(lambda: list(iter_pages(args.dump)), args.repeats)
-    print(f"{args.dump.name}: {len(pages)} articles, reading {read_s:.3f} s (best of {args.repeats}, single-threaded)\n")
+    print(f"{args.dump.name}: {len(pages)} articles; reading {read_s:.3f} s")
+    print(f"best of {args.repeats} runs, single-threaded\n")
     rows = []
     for name, clean in METHODS.items():
         clean_s, texts = best_time(lambda clean=clean: [clean(page) for page in pages], args.repeats)
@@ -104,7 +105,7 @@ def main() -> None:
         line = f"{name:<20}{clean_s:>9.3f}{total_s:>14.3f}{total_s / ours_total:>7.2f}{words:>9}"
         line += "".join(f"{counts[key]:>7}" for key in LEFTOVERS) + f"{leftovers:>8}{leftover_ratio:>8}"
         print(line)
-    print("\n'|' also counts pipes that are the articles' own text (e.g. in the ASCII article).")
+    print("\n'|' also counts pipes that belong to the articles' own text.")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from dnd.config import ConfigError, load_config, subtree
 from dnd.logs import setup_logging
-from dnd.workarea import stage_work_dir
+from dnd.provenance import write_provenance
+from dnd.workarea import input_fingerprint, stage_work_dir
 
 log = logging.getLogger("dnd")
 
@@ -40,7 +41,7 @@ def cmd_render_text_images(args: argparse.Namespace) -> None:
     from dnd.stages.text_image import TextImageConfig, render_text_images
 
     raw = _stage_config(args, "data.text_image")
-    work = Path(args.work_dir) if args.work_dir else stage_work_dir("render_text_images", "text_image", raw)
+    work = Path(args.work_dir) if args.work_dir else stage_work_dir("render_text_images", "text_image", raw, input_fingerprint([Path(args.chunks)]))
     render_text_images(TextImageConfig.from_dict(raw), Path(args.chunks), Path(args.out), work)
 
 
@@ -57,7 +58,8 @@ def cmd_rasterize_pdfs(args: argparse.Namespace) -> None:
     raw = _stage_config(args, "data.arxiv_image")
     if args.pdfs:
         raw = {**raw, "pdfs": args.pdfs}
-    work = Path(args.work_dir) if args.work_dir else stage_work_dir("rasterize_pdfs", "arxiv_image", raw)
+    inputs = input_fingerprint([Path(raw["pdfs"])])
+    work = Path(args.work_dir) if args.work_dir else stage_work_dir("rasterize_pdfs", "arxiv_image", raw, inputs)
     rasterize_pdfs(ArxivImageConfig.from_dict(raw), Path(args.out), work)
 
 
@@ -67,7 +69,8 @@ def cmd_prepare_images(args: argparse.Namespace) -> None:
     raw = _stage_config(args, "data.classes")
     if args.root:
         raw = {**raw, "root": args.root}
-    work = Path(args.work_dir) if args.work_dir else stage_work_dir("prepare_images", "classes", raw)
+    inputs = input_fingerprint([Path(raw["root"])])
+    work = Path(args.work_dir) if args.work_dir else stage_work_dir("prepare_images", "classes", raw, inputs)
     prepare_images(ClassesConfig.from_dict(raw), Path(args.out), work)
 
 
@@ -85,6 +88,56 @@ def cmd_write_demo_digits(args: argparse.Namespace) -> None:
     raw = _stage_config(args, "demo.digits")
     write_digits_image_folder(Path(args.out), per_class=raw.get("per_class"), upscale_to=raw.get("size", 32))
     log.info("wrote the digits image folder to %s", args.out)
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> None:
+    from dnd.tokenizer.train import TokenizerSpec, train_tokenizer
+
+    raw = _stage_config(args, f"tokenizers.{args.name}")
+    datasets = [Path(d) for d in args.datasets]
+    work = Path(args.work_dir) if args.work_dir else stage_work_dir("train_tokenizer", args.name, raw, input_fingerprint(datasets))
+    train_tokenizer(TokenizerSpec.from_dict(args.name, raw), datasets, Path(args.out), work)
+
+
+def cmd_evaluate_reconstruction(args: argparse.Namespace) -> None:
+    from dnd.stages.recon import ORIGINAL, ReconEvalConfig, evaluate_reconstruction
+
+    raw = _stage_config(args, "evaluation")
+    cfg = ReconEvalConfig.from_dict(raw.get("recon", {}), raw.get("metrics", {}))
+    tokenizer = None if args.tokenizer == ORIGINAL else Path(args.tokenizer)
+    names = {"tokenizer": args.tokenizer_name or (ORIGINAL if tokenizer is None else tokenizer.parent.name),
+             "testset": args.testset_name or Path(args.testset).name}
+    evaluate_reconstruction(tokenizer, Path(args.testset), Path(args.out), cfg, names)
+
+
+def cmd_tokenize_images(args: argparse.Namespace) -> None:
+    from dnd.stages.tokenize import tokenize_images
+
+    raw = {"tokenizer": args.tokenizer, "dataset": args.dataset, "batch_size": args.batch_size}
+    inputs = input_fingerprint([Path(args.tokenizer), Path(args.dataset)])
+    work = Path(args.work_dir) if args.work_dir else stage_work_dir("tokenize_images", Path(args.tokenizer).parent.name, raw, inputs)
+    tokenize_images(Path(args.tokenizer), Path(args.tokenizer).parent.name, Path(args.dataset), Path(args.out), work, args.batch_size)
+
+
+def cmd_make_table1(args: argparse.Namespace) -> None:
+    from dnd import tables
+
+    raw = _stage_config(args, f"tables.{args.table}")
+    metrics = [Path(m) for m in args.metrics]
+    out = Path(args.out)
+    notes = raw.get("notes", {})
+    if args.table == "table1a":
+        frame = tables.table1a(metrics, notes)
+        tables.plot_bars(frame, ["L2", "code_usage"], "Table 1a: reconstruction on the class-labelled test set", "value", out.with_suffix(".png"))
+    else:
+        frame = tables.table1b(metrics, raw["columns"], notes)
+        tables.plot_bars(frame, list(raw["columns"].values()), "Table 1b: rOCR of reconstructions (higher is better)", "ROUGE-L F", out.with_suffix(".png"))
+    tables.write_csv(frame, out)
+    grids = [m.with_suffix(".png") for m in metrics if m.with_suffix(".png").exists()]
+    if grids:
+        tables.stack_images(grids, [f"{g.parent.name} on {g.stem}: originals, then depth 1..D" for g in grids], out.with_name(out.stem + "_grids.png"))
+    write_provenance(out, f"make_{args.table}", raw, metrics=[str(m) for m in metrics])
+    print(frame.to_string(index=False))
 
 
 Command = tuple[str, str, Callable[[argparse.Namespace], None], list[tuple[str, dict[str, Any]]]]
@@ -145,6 +198,51 @@ COMMANDS: list[Command] = [
         "Write scikit-learn's bundled digits as an ImageFolder tree (the demo's labelled set).",
         cmd_write_demo_digits,
         [("--out", dict(required=True, help="output ImageFolder root"))],
+    ),
+    (
+        "train-tokenizer",
+        "Train an RQ-VAE tokenizer (resumable: checkpoints in the work area, resume on rerun).",
+        cmd_train_tokenizer,
+        [
+            ("--name", dict(required=True, help="the tokenizer's name (key under tokenizers: in the config)")),
+            ("--datasets", dict(required=True, nargs="+", help="image data set folders to train on (train split; val for validation)")),
+            ("--out", dict(required=True, help="output model.pt")),
+            ("--work-dir", dict(help="checkpoints, TensorBoard logs and recon grids (default: work/train_tokenizer/<name>-<hash>)")),
+        ],
+    ),
+    (
+        "evaluate-reconstruction",
+        "L2, code usage per depth, rOCR and rFID of a tokenizer on a test split.",
+        cmd_evaluate_reconstruction,
+        [
+            ("--tokenizer", dict(required=True, help="model.pt of a trained tokenizer, or 'original' (no tokenizer: OCR ceiling)")),
+            ("--testset", dict(required=True, help="image data set folder (its test split is used)")),
+            ("--tokenizer-name", dict(help="row name in the tables")),
+            ("--testset-name", dict(help="test set name in the tables")),
+            ("--out", dict(required=True, help="output metrics .json (a recon grid .png is written beside it)")),
+        ],
+    ),
+    (
+        "tokenize-images",
+        "Encode every split of an image data set into Arrow code maps (fixed_size_list<uint16>).",
+        cmd_tokenize_images,
+        [
+            ("--tokenizer", dict(required=True, help="model.pt of a trained tokenizer")),
+            ("--dataset", dict(required=True, help="image data set folder")),
+            ("--out", dict(required=True, help="output code-map folder")),
+            ("--batch-size", dict(type=int, default=32, help="images per encoder batch")),
+            ("--work-dir", dict(help="where finished code shards are kept between runs")),
+        ],
+    ),
+    (
+        "make-table1",
+        "Write Table 1a or 1b (CSV + PNG plot + recon grids) from reconstruction metrics.",
+        cmd_make_table1,
+        [
+            ("--table", dict(required=True, choices=["table1a", "table1b"])),
+            ("--metrics", dict(required=True, nargs="+", help="metrics .json files from evaluate-reconstruction")),
+            ("--out", dict(required=True, help="output .csv")),
+        ],
     ),
 ]
 

@@ -64,8 +64,7 @@ _REDIRECT = re.compile(
 # Disambiguation and set-index templates (`{{disambiguation|geo}}`, `{{hndis|Smith, John}}`, …); a
 # name must be followed by `|` or `}}`, so inline tags such as `{{disambiguation needed}}` don't count.
 _DISAMBIGUATION_TEMPLATE = re.compile(
-    r"\{\{\s*(?:template:\s*)?(?:disambiguation|disambig|disamb|dab|dbig|disambiguation page|"
-    r"[a-z-]*dis|[a-z]*disambiguation|letter-number combination disambiguation|mathdab|"
+    r"\{\{\s*(?:template:\s*)?(?:[a-z -]*disambiguation|disambig|disamb|dab|mathdab|[a-z-]*dis|"
     r"set index article|set index|sia|[a-z]+index)\s*(?:\||\}\})",
     re.IGNORECASE,
 )
@@ -97,7 +96,7 @@ def read_multistream_index(index: Path) -> list[tuple[int, int | None]]:
     `*-multistream-index.txt[.bz2]` (lines `offset:page_id:title`); the last range ends at `None`
     (end of file)."""
     index = Path(index)
-    opener: Callable[..., Iterable[str]] = bz2.open if index.suffix == ".bz2" else open
+    opener = bz2.open if index.suffix == ".bz2" else open
     with opener(index, "rt", encoding="utf-8") as lines:
         offsets = sorted({int(line.split(":", 1)[0]) for line in lines if line.strip()})
     return list(zip(offsets, [*offsets[1:], None]))
@@ -202,7 +201,10 @@ class _PageReader:
         self.stats[kind] += 1
         if kind != "article":
             return None
-        return WikiPage(title=title, page_id=int(page.findtext(self.tag_id) or -1), namespace=0, wikitext=wikitext)
+        page_id = page.findtext(self.tag_id)
+        if page_id is None:
+            raise ValueError(f"page {title!r} has no <id>: not a MediaWiki export")
+        return WikiPage(title=title, page_id=int(page_id), namespace=0, wikitext=wikitext)
 
     def _namespace_from_title(self, title: str) -> int:
         # Exports before schema 0.6 have no <ns>: the namespace is the title's prefix.
@@ -247,6 +249,7 @@ _HIDDEN_LINK_NAMESPACES = frozenset(
     "imagem categoria immagine файл изображение категория".split()
 )
 _HIDDEN_PREFIX = "|".join(sorted(_HIDDEN_LINK_NAMESPACES))
+# Interlanguage prefixes ("de", "zh-min-nan"), written in lower case, unlike titles such as "UFC: …".
 _LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]+)*|simple")
 # Links without nested brackets become their text by regex; files, categories and interlanguage
 # links (which never have a label) are left to the scanner.
@@ -254,7 +257,7 @@ _LABELLED_LINK = re.compile(
     rf"\[\[(?!\s*(?:{_HIDDEN_PREFIX})\s*:)[^\[\]{{}}|\n]*\|([^\[\]{{}}]*)\]\]", re.IGNORECASE
 )
 _PLAIN_LINK = re.compile(
-    rf"\[\[(?!\s*(?:{_HIDDEN_PREFIX}|{_LANGUAGE_CODE.pattern})\s*:):?([^\[\]{{}}|\n]*)\]\]", re.IGNORECASE
+    rf"\[\[(?!\s*(?:{_HIDDEN_PREFIX}|(?-i:{_LANGUAGE_CODE.pattern}))\s*:):?([^\[\]{{}}|\n]*)\]\]", re.IGNORECASE
 )
 # Brackets the scanner matches: templates, links and tables (`{|` and `|}` open a line; "|}}" there
 # closes a template).
@@ -358,9 +361,9 @@ def _replace_bracketed(kind: str, inner: str, whole: str) -> str:
     if target.startswith(":"):  # [[:Category:X|label]] is an ordinary, visible link
         return whole
     prefix, colon, _ = target.partition(":")
-    prefix = prefix.strip().lower()
+    prefix = prefix.strip()
     if colon and (
-        prefix in _HIDDEN_LINK_NAMESPACES
+        prefix.lower() in _HIDDEN_LINK_NAMESPACES
         or (_LANGUAGE_CODE.fullmatch(prefix) and prefix not in _VISIBLE_INTERWIKI and "|" not in inner)
     ):
         return ""  # files with their captions, categories, interlanguage links
@@ -386,6 +389,10 @@ def _positional(arguments: list[str]) -> list[str]:
     return [_strip_bracketed(a).strip() for a in arguments[1:] if not _NAMED_ARGUMENT.match(a)]
 
 
+def _first(values: list[str]) -> str:
+    return values[0] if values else ""
+
+
 def _convert_text(values: list[str]) -> str:
     # {{convert|10|km|mi}} → "10 km"; {{convert|10|to|20|km}} → "10 to 20 km"
     if len(values) >= 4 and values[1] in _RANGE_WORDS:
@@ -409,17 +416,14 @@ _TEXT_TEMPLATES: dict[str, Callable[[list[str]], str]] = {
     "'": lambda v: "'",
     "nbsp": lambda v: " ",
     **dict.fromkeys(
-        ("nowrap", "nobr", "small", "smaller", "big", "sc", "smallcaps", "nobold", "noitalic", "lang-x", "em"),
-        lambda v: v[0] if v else "",
+        ("nowrap", "nobr", "small", "smaller", "big", "sc", "smallcaps", "nobold", "noitalic", "em"), _first
     ),
 }
 
 
 def _template_text(inner: str) -> str:
     name = inner.split("|", 1)[0].strip().lower().replace("_", " ")
-    if name.startswith("lang-"):  # {{lang-fr|texte}}
-        name = "lang-x"
-    render = _TEXT_TEMPLATES.get(name)
+    render = _first if name.startswith("lang-") else _TEXT_TEMPLATES.get(name)  # {{lang-fr|texte}}
     if render is None:
         return ""
     return render(_positional(_template_arguments(inner)))

@@ -66,7 +66,9 @@ def rqvae_config_from_authors(config: Mapping[str, Any]) -> RQVAEConfig:
     code_h, code_w, depth = hparams["code_shape"]
     latent_shape = hparams.get("latent_shape")
     if latent_shape is not None and list(latent_shape[:2]) != [code_h, code_w]:
-        raise AuthorsCheckpointError(f"latent_shape {latent_shape} stacks several latents per code ({hparams['code_shape']})")
+        raise AuthorsCheckpointError(
+            f"latent_shape {latent_shape} stacks several latents per code ({hparams['code_shape']})"
+        )
     if ddconfig.get("double_z", False) or not ddconfig.get("resamp_with_conv", True):
         raise AuthorsCheckpointError("double_z or resampling without convs is not an RQ-VAE layout we support")
     if ddconfig["out_ch"] != ddconfig["in_channels"]:
@@ -117,13 +119,18 @@ def convert_authors_state_dict(state: Mapping[str, Tensor], config: RQVAEConfig)
             ours[_our_key(key, len(config.ch_mult))] = value
     for name, tensors in codebook_tensors.items():
         if len(tensors) != config.depth:
-            raise AuthorsCheckpointError(f"expected quantizer.codebooks.{{0..{config.depth - 1}}}.{name}, got {len(tensors)}")
+            raise AuthorsCheckpointError(
+                f"expected quantizer.codebooks.{{0..{config.depth - 1}}}.{name}, got {len(tensors)}"
+            )
         if any(not torch.equal(tensors[0], other) for other in tensors[1:]):
-            raise AuthorsCheckpointError(f"quantizer.codebooks.*.{name} differ between depths: the codebook is not shared")
+            raise AuthorsCheckpointError(
+                f"quantizer.codebooks.*.{name} differ between depths: the codebook is not shared"
+            )
     weight = codebook_tensors["weight"][0]
     if weight.shape != (config.codebook_size + 1, config.embed_dim):
         raise AuthorsCheckpointError(
-            f"codebook weight {tuple(weight.shape)}, expected ({config.codebook_size} codes + 1 padding, {config.embed_dim})"
+            f"codebook weight {tuple(weight.shape)}, "
+            f"expected ({config.codebook_size} codes + 1 padding, {config.embed_dim})"
         )
     ours["quantizer.codebook"] = weight[:-1]
     ours["quantizer.ema_cluster_size"] = codebook_tensors["cluster_size_ema"][0]

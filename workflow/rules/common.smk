@@ -11,8 +11,13 @@ from snakemake.utils import validate
 # The dnd package lives beside this workflow; make it importable without installing it.
 sys.path.insert(0, str(Path(workflow.basedir)))
 from dnd.config import check_config  # noqa: E402
+from dnd.launch.settings import restore_launch_types  # noqa: E402
 
 SCHEMA = "../schemas/config.schema.yaml"
+
+# A profile's `config:` (the slurm profile sets `launch:`) arrives as strings: restore the types.
+if "launch" in config:
+    config["launch"] = restore_launch_types(config["launch"])
 
 # One-line error naming the key first, then Snakemake's own validation (which fills defaults).
 check_config(config)
@@ -32,9 +37,7 @@ def stage_params(dotted):
     In `params:` it is also the rerun trigger: editing the subtree reruns the rule and what follows,
     editing another stage's subtree (or `launch:`) does not.
     """
-    import shlex
-
-    return shlex.quote(json.dumps(lookup(dpath=dotted.replace(".", "/"), within=config), sort_keys=True))
+    return stage_params_of(lookup(dpath=dotted.replace(".", "/"), within=config))
 
 
 def code_version(*modules):
@@ -46,3 +49,63 @@ def code_version(*modules):
     for module in modules:
         digest.update(Path(workflow.basedir, module).read_bytes())
     return digest.hexdigest()[:12]
+
+
+# Data sets by name (tokenizers' `train_on`, code maps) and the test sets of the tables.
+DATASETS = {
+    "text_image": "results/data/text_image",
+    "arxiv_image": "results/data/arxiv_image",
+    "classes": "results/data/classes",
+    "text256": "results/data/text256",
+}
+TESTSETS = {
+    "text256": "results/data/text256",
+    "text512": "results/data/text_image",
+    "arxiv512": "results/data/arxiv_image",
+    "classes": "results/data/classes",
+}
+ORIGINAL = "original"  # the pseudo-tokenizer of Table 1b's reference row (no tokenizer: the OCR ceiling)
+
+
+def tokenizer_params(wildcards):
+    return stage_params(f"tokenizers.{wildcards.tokenizer}")
+
+
+def tokenizer_datasets(wildcards):
+    return [DATASETS[name] for name in config["tokenizers"][wildcards.tokenizer]["train_on"]]
+
+
+def recon_tokenizer(wildcards):
+    """The tokenizer file of a reconstruction job; nothing for the 'original' reference row."""
+    if wildcards.tokenizer == ORIGINAL:
+        return []
+    return f"results/tokenizers/{wildcards.tokenizer}/model.pt"
+
+
+def recon_tokenizer_arg(wildcards, input):
+    return input.tokenizer if wildcards.tokenizer != ORIGINAL else ORIGINAL
+
+
+def recon_metrics(table):
+    """Metric files of a Table 1 variant: its rows × its test sets."""
+    spec = config["tables"][table]
+    testsets = [spec.get("testset", "classes")] if table == "table1a" else list(spec["columns"])
+    return [f"results/metrics/recon/{row}/{testset}.json" for row in spec["rows"] for testset in testsets]
+
+
+def evaluation_params():
+    return stage_params_of({"recon": config.get("evaluation", {}).get("recon", {}), "metrics": config.get("metrics", {})})
+
+
+def stage_params_of(obj):
+    import shlex
+
+    return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+def testset_path(wildcards):
+    return TESTSETS[wildcards.testset]
+
+
+def dataset_path(wildcards):
+    return DATASETS[wildcards.dataset]

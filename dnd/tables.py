@@ -1,0 +1,99 @@
+"""The paper's tables as CSV (one row per model, `n/a` where a metric cannot run, a `note` column
+saying why or what differs from the paper), each with a PNG plot beside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dnd.atomic import atomic_path
+
+NA = "n/a"
+
+
+def _load(paths: list[Path]) -> list[dict[str, Any]]:
+    return [json.loads(Path(p).read_text()) for p in paths]
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return NA if value is None else f"{value:.{digits}f}"
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
+    """Rows: tokenizers on the class-labelled test set; rFID, L2, code usage (mean and per depth)."""
+    rows = []
+    for m in _load(metrics):
+        usage = m.get("code_usage") or []
+        rows.append({
+            "tokenizer": m["tokenizer"],
+            "testset": m["testset"],
+            "depth": m.get("depth", NA),
+            "codebook_size": m.get("codebook_size", NA),
+            "rFID": _fmt(m.get("rfid"), 2),
+            "L2": _fmt(m["l2"]),
+            "code_usage": _fmt(sum(usage) / len(usage) if usage else None, 3),
+            "code_usage_per_depth": "/".join(f"{u:.2f}" for u in usage) or NA,
+            "code_entropy_bits_per_depth": "/".join(f"{e:.2f}" for e in m.get("code_entropy_bits", [])) or NA,
+            "n_images": m["n_images"],
+            "note": "; ".join(filter(None, [notes.get(m["tokenizer"], ""), "rFID n/a: " + m["rfid_na_reason"] if m.get("rfid") is None else ""])),
+        })
+    return pd.DataFrame(rows)
+
+
+def table1b(metrics: list[Path], columns: dict[str, str], notes: dict[str, str]) -> pd.DataFrame:
+    """Rows: tokenizers; one rOCR column per test set (`columns`: test set → column name)."""
+    by_row: dict[str, dict[str, Any]] = {}
+    for m in _load(metrics):
+        row = by_row.setdefault(m["tokenizer"], {"tokenizer": m["tokenizer"]})
+        row[columns[m["testset"]]] = _fmt(m.get("rocr"), 3)
+        row.setdefault("ocr_backend", m.get("ocr_backend", NA))
+        row.setdefault("n_images", {})[columns[m["testset"]]] = m["n_images"]
+    frame = pd.DataFrame(list(by_row.values()))
+    frame["n_images"] = frame["n_images"].map(lambda d: " ".join(f"{k}:{v}" for k, v in d.items()))
+    frame["note"] = frame["tokenizer"].map(lambda t: notes.get(t, ""))
+    return frame[["tokenizer", *columns.values(), "ocr_backend", "n_images", "note"]]
+
+
+def plot_bars(frame: pd.DataFrame, value_columns: list[str], title: str, ylabel: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    numeric = frame.set_index("tokenizer")[value_columns].apply(pd.to_numeric, errors="coerce")
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(numeric), 3.6))
+    numeric.plot.bar(ax=ax, rot=20)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def stack_images(paths: list[Path], labels: list[str], path: Path) -> None:
+    """One figure of recon grids (originals, then depth 1..D) with a label above each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, axes = plt.subplots(len(paths), 1, figsize=(8, 3 * len(paths)), squeeze=False)
+    for ax, image_path, label in zip(axes[:, 0], paths, labels):
+        ax.imshow(Image.open(image_path), cmap="gray")
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

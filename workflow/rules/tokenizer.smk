@@ -1,0 +1,89 @@
+# ------------------------------------------------------------------ RQ-VAE tokenizers, code maps, Table 1
+
+
+wildcard_constraints:
+    tokenizer=r"[A-Za-z0-9_]+",
+    testset="|".join(TESTSETS),
+    dataset="|".join(DATASETS),
+
+
+rule train_tokenizer:
+    input:
+        datasets=tokenizer_datasets,
+    output:
+        model="results/tokenizers/{tokenizer}/model.pt",
+    params:
+        cfg=tokenizer_params,
+        code=code_version("dnd/tokenizer/rqvae.py", "dnd/tokenizer/quantizer.py", "dnd/tokenizer/losses.py", "dnd/tokenizer/train.py", "dnd/training.py", "dnd/data/images.py"),
+    log:
+        "logs/train_tokenizer/{tokenizer}.log",
+    benchmark:
+        "results/benchmarks/train_tokenizer/{tokenizer}.tsv"
+    resources:
+        gpu=1,
+    shell:
+        "{DND} train-tokenizer --name {wildcards.tokenizer} --params {params.cfg} --datasets {input.datasets} --out {output.model} > {log} 2>&1"
+
+
+rule evaluate_reconstruction:
+    input:
+        tokenizer=recon_tokenizer,
+        testset=testset_path,
+    output:
+        metrics="results/metrics/recon/{tokenizer}/{testset}.json",
+    params:
+        cfg=evaluation_params(),
+        tokenizer=recon_tokenizer_arg,
+        code=code_version("dnd/stages/recon.py", "dnd/metrics/ocr.py", "dnd/metrics/rouge.py", "dnd/metrics/fid.py"),
+    log:
+        "logs/evaluate_reconstruction/{tokenizer}/{testset}.log",
+    benchmark:
+        "results/benchmarks/evaluate_reconstruction/{tokenizer}/{testset}.tsv"
+    shell:
+        "{DND} evaluate-reconstruction --params {params.cfg} --tokenizer {params.tokenizer} --tokenizer-name {wildcards.tokenizer}"
+        " --testset {input.testset} --testset-name {wildcards.testset} --out {output.metrics} > {log} 2>&1"
+
+
+rule tokenize_images:
+    input:
+        tokenizer="results/tokenizers/{tokenizer}/model.pt",
+        dataset=dataset_path,
+    output:
+        codes=directory("results/codes/{tokenizer}/{dataset}"),
+    params:
+        code=code_version("dnd/stages/tokenize.py", "dnd/data/codes.py"),
+    log:
+        "logs/tokenize_images/{tokenizer}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/tokenize_images/{tokenizer}/{dataset}.tsv"
+    threads: workflow.cores
+    shell:
+        "DND_WORKERS={threads} {DND} tokenize-images --tokenizer {input.tokenizer} --dataset {input.dataset} --out {output.codes} > {log} 2>&1"
+
+
+rule make_table1a:
+    input:
+        metrics=recon_metrics("table1a"),
+    output:
+        table="results/table1a.csv",
+        plot="results/table1a.png",
+    params:
+        cfg=stage_params("tables.table1a"),
+    log:
+        "logs/make_table1a.log",
+    shell:
+        "{DND} make-table1 --table table1a --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
+
+
+rule make_table1b:
+    input:
+        metrics=recon_metrics("table1b"),
+    output:
+        table="results/table1b.csv",
+        plot="results/table1b.png",
+    params:
+        cfg=stage_params("tables.table1b"),
+    log:
+        "logs/make_table1b.log",
+    shell:
+        "{DND} make-table1 --table table1b --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
