@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vocab", type=int, default=16384, help="codebook size")
     parser.add_argument("--batch", type=int, default=None, help="images per run (default: 8)")
     parser.add_argument("--positions", type=int, default=None, help="spatial positions P (default: 256 GPU, 64 CPU)")
-    parser.add_argument("--uncached-positions", type=int, default=None, help="P for (d) (default: P GPU, 24 CPU)")
+    parser.add_argument("--uncached-positions", type=int, default=None, help="P for (d) (default: P)")
     parser.add_argument("--depth", type=int, nargs="+", default=[2], help="DnD depths D to time, e.g. 2 4 8")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="bf16 (GPU default) or fp32 (CPU)")
     parser.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (!= 1 doubles the batch)")
@@ -56,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     on_gpu = args.device.startswith("cuda")
     args.batch = args.batch or 8
     args.positions = args.positions or (256 if on_gpu else 64)
-    args.uncached_positions = args.uncached_positions or (args.positions if on_gpu else 24)
+    args.uncached_positions = args.uncached_positions or args.positions
     args.dtype = args.dtype or ("bf16" if on_gpu else "fp32")
     return args
 

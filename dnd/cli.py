@@ -131,7 +131,7 @@ def cmd_make_table1(args: argparse.Namespace) -> None:
         tables.plot_bars(frame, ["L2", "code_usage"], "Table 1a: reconstruction on the class-labelled test set", "value", out.with_suffix(".png"))
     else:
         frame = tables.table1b(metrics, raw["columns"], notes)
-        tables.plot_bars(frame, list(raw["columns"].values()), "Table 1b: rOCR of reconstructions (higher is better)", "ROUGE-L F", out.with_suffix(".png"))
+        tables.plot_bars(frame, [c for c in frame.columns if c in raw["columns"].values()], "Table 1b: rOCR of reconstructions (higher is better)", "ROUGE-L F", out.with_suffix(".png"))
     tables.write_csv(frame, out)
     grids = [m.with_suffix(".png") for m in metrics if m.with_suffix(".png").exists()]
     if grids:

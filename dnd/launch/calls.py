@@ -77,6 +77,10 @@ class RecordedCall:
     result_path: Path
 
     def __call__(self) -> Any:
+        if "SUBMITIT_EXECUTOR" in os.environ:  # a job of its own: the stage's log lines go to the job's log
+            from dnd.logs import setup_logging
+
+            setup_logging()
         result = self.fn(*self.args)
         if _is_main_rank():
             write_bytes(self.result_path, pickle.dumps(result))

@@ -104,11 +104,8 @@ class SlurmLauncher:
         tasks = {job.job_id: call.key for job, call in zip(jobs, calls)}
         job_id = jobs[0].job_id.split("_")[0]
         self.records.add(Submission(job_id=job_id, stage=self.stage, folder=str(self.folder), tasks=tasks))
-        kind = f"job array of {len(calls)} tasks" if len(calls) > 1 else "job"
-        log.info(
-            "%s: submitted SLURM %s %s (monitor: squeue -j %s; logs: %s)",
-            self.stage, kind, job_id, job_id, self.folder,
-        )
+        kind = f" (array of {len(calls)} tasks)" if len(calls) > 1 else ""
+        log.info("%s: submitted SLURM job %s%s; monitor: squeue -j %s; logs: %s", self.stage, job_id, kind, job_id, self.folder)
         return {key: (task_id, str(self.folder)) for task_id, key in tasks.items()}
 
     # ------------------------------------------------------------ waiting

@@ -101,7 +101,9 @@ def sample_codes(logits: Tensor, rule: DepthRule, gumbel: Tensor | None) -> Tens
     """
     if rule.greedy:
         return logits.argmax(-1)
-    logits = filter_logits(logits / rule.temperature, rule.top_k, rule.top_p)
+    if rule.temperature != 1.0:
+        logits = logits / rule.temperature
+    logits = filter_logits(logits, rule.top_k, rule.top_p)
     return (logits + gumbel).argmax(-1)
 
 
@@ -112,9 +114,12 @@ def apply_guidance(logits: Tensor, scale: Tensor) -> Tensor:
 
 
 def draw_gumbel(generator: torch.Generator, depth: int, batch: int, vocab: int, device: torch.device) -> Tensor:
-    """(D, B, V) Gumbel(0, 1) draws for one position: -log(e), e ~ Exp(1) kept away from 0."""
-    exponential = torch.empty(depth, batch, vocab, device=device).exponential_(generator=generator)
-    return exponential.clamp_min_(torch.finfo(exponential.dtype).tiny).log_().neg_()
+    """(D, B, V) Gumbel(0, 1) draws for one position: -log(-log(u)), u ~ U(0, 1) kept away from 0.
+
+    (Several times faster on CPU than drawing Exp(1) with `exponential_`.)
+    """
+    uniform = torch.rand(depth, batch, vocab, device=device, generator=generator)
+    return uniform.clamp_min_(torch.finfo(uniform.dtype).tiny).log_().neg_().log_().neg_()
 
 
 def forward_and_sample(

@@ -19,10 +19,11 @@ rule train_tokenizer:
         "logs/train_tokenizer/{tokenizer}.log",
     benchmark:
         "results/benchmarks/train_tokenizer/{tokenizer}.tsv"
+    threads: 1
     resources:
         gpu=1,
     shell:
-        "{DND} train-tokenizer --name {wildcards.tokenizer} --params {params.cfg} --datasets {input.datasets} --out {output.model} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {DND} train-tokenizer --name {wildcards.tokenizer} --params {params.cfg} --datasets {input.datasets} --out {output.model} > {log} 2>&1"
 
 
 rule evaluate_reconstruction:
@@ -39,8 +40,9 @@ rule evaluate_reconstruction:
         "logs/evaluate_reconstruction/{tokenizer}/{testset}.log",
     benchmark:
         "results/benchmarks/evaluate_reconstruction/{tokenizer}/{testset}.tsv"
+    threads: 1
     shell:
-        "{DND} evaluate-reconstruction --params {params.cfg} --tokenizer {params.tokenizer} --tokenizer-name {wildcards.tokenizer}"
+        "OMP_NUM_THREADS={threads} {DND} evaluate-reconstruction --params {params.cfg} --tokenizer {params.tokenizer} --tokenizer-name {wildcards.tokenizer}"
         " --testset {input.testset} --testset-name {wildcards.testset} --out {output.metrics} > {log} 2>&1"
 
 

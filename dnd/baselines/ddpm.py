@@ -1,0 +1,309 @@
+"""The paper's DDPM baseline: an unconditional pixel-space diffusion model trained from scratch (diffusers).
+
+A `UNet2DModel` learns to predict the noise (or v, or x0) added by a `DDPMScheduler`; the sampler is
+the ancestral DDPM reverse process. Training follows the project's loop contract (see `dnd.training`):
+`last.pt` in the stage's work area every `checkpoint_every` steps and on SIGTERM/SIGUSR1/SIGUSR2 (then
+exit 128 + signal); a rerun resumes from it and reaches the same weights as an uninterrupted run,
+because each step's batch, timesteps and noise depend on (seed, step) alone. The declared output
+`model.pt` (config + EMA weights) is written last.
+
+Sampling is a short hand loop over `scheduler.step` rather than `DDPMPipeline`: it runs the network
+under bf16 autocast on GPU, converts to uint8 as the rest of the project does (`to_uint8`), and gives
+every image its own generator seeded by (seed, image index), for its starting noise and for every
+reverse step, so image i is the same whatever the batch size or the shard that draws it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.utils.torch_utils import randn_tensor
+from torch.utils.data import DataLoader
+
+from dnd.atomic import atomic_path, write_json
+from dnd.data.images import ImageShardDataset, to_uint8
+from dnd.training import Checkpointer, Progress, StopSignal, batch_indices, rng_state, seed_everything, set_rng_state
+
+log = logging.getLogger("dnd.baselines.ddpm")
+
+
+@dataclass
+class DDPMConfig:
+    # data
+    resolution: int = 64  # images are resized to resolution×resolution
+    channels: int = 1  # 1 = grayscale (pure-text pages), 3 = RGB
+    # U-Net (Ho et al. 2020's architecture as built by diffusers)
+    block_out_channels: tuple[int, ...] = (32, 64, 64, 128)  # one resolution level each, halving the side
+    layers_per_block: int = 2  # residual blocks per level
+    attention_resolutions: tuple[int, ...] = (16,)  # feature-map sides with self-attention; () = none (also none in the middle)
+    norm_num_groups: int = 32  # GroupNorm groups; must divide every entry of block_out_channels
+    dropout: float = 0.0
+    # diffusion
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"  # diffusers name: linear (DDPM's 1e-4 → 0.02) | squaredcos_cap_v2 (cosine) | ...
+    prediction_type: str = "epsilon"  # epsilon | v_prediction | sample
+    # optimisation
+    lr: float = 1e-4
+    warmup_steps: int = 0  # linear lr warm-up
+    batch_size: int = 16  # images per optimizer step
+    micro_batch_size: int | None = None  # images per forward/backward (gradients accumulated); None = batch_size
+    steps: int = 2000
+    grad_clip: float | None = 1.0  # DDPM clips gradient norms at 1
+    ema_decay: float = 0.9999  # capped early by (1 + step) / (10 + step), so short runs still average
+    seed: int = 0
+    checkpoint_every: int = 500
+    num_workers: int = 0  # DataLoader worker processes
+    # sampling
+    num_inference_steps: int = 1000  # reverse steps; fewer skip timesteps (DDPMScheduler's spacing)
+
+    def __post_init__(self) -> None:
+        self.block_out_channels = tuple(self.block_out_channels)
+        self.attention_resolutions = tuple(self.attention_resolutions)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "DDPMConfig":
+        """A config subtree, optionally `{preset: demo, <field>: <override>, ...}`."""
+        raw = dict(raw)
+        preset = raw.pop("preset", None)
+        return ddpm_config(preset, **raw) if preset else cls(**raw)
+
+
+PRESETS: dict[str, DDPMConfig] = {
+    # Unit tests: 16 px grayscale, two levels, no attention; ≈ 0.16M parameters.
+    "tiny": DDPMConfig(resolution=16, block_out_channels=(16, 32), layers_per_block=1, attention_resolutions=(),
+                       norm_num_groups=8, lr=2e-3, batch_size=4, steps=40, ema_decay=0.99, checkpoint_every=10,
+                       num_inference_steps=10),
+    # CPU demo: 64 px grayscale pages, attention at 16 px; ≈ 4.3M parameters.
+    "demo": DDPMConfig(resolution=64, block_out_channels=(32, 64, 64, 128), layers_per_block=2,
+                       attention_resolutions=(16,), norm_num_groups=32, lr=2e-4, batch_size=16, steps=2000,
+                       ema_decay=0.999, checkpoint_every=250, num_inference_steps=250),
+    # The paper's baseline: DDPM's 256 px (LSUN) network, ch 128, mult (1, 1, 2, 2, 4, 4), attention at
+    # 16 px, lr 2e-5, batch 64, EMA 0.9999, 1000 sampling steps; RGB like the pages the DnD models see;
+    # ≈ 114M parameters. A batch of 64 at 256 px does not fit an 80 GB GPU (bf16 autocast): 4 micro-batches.
+    "paper": DDPMConfig(resolution=256, channels=3, block_out_channels=(128, 128, 256, 256, 512, 512),
+                        layers_per_block=2, attention_resolutions=(16,), norm_num_groups=32, lr=2e-5,
+                        warmup_steps=5000, batch_size=64, micro_batch_size=16, steps=500_000, ema_decay=0.9999, checkpoint_every=5000,
+                        num_inference_steps=1000),
+}
+
+
+def ddpm_config(preset: str, **overrides) -> DDPMConfig:
+    """A named preset with some fields replaced, e.g. `ddpm_config("demo", steps=500)`."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown DDPM preset {preset!r}; known: {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[preset], **overrides)
+
+
+def unet_block_types(cfg: DDPMConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Down and up block types: level i of the down path works at side resolution / 2**i, the up path mirrors it."""
+    sides = [cfg.resolution // 2**level for level in range(len(cfg.block_out_channels))]
+    attention = [side in cfg.attention_resolutions for side in sides]
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+    return down, up
+
+
+def build_unet(cfg: DDPMConfig) -> UNet2DModel:
+    down, up = unet_block_types(cfg)
+    return UNet2DModel(
+        sample_size=cfg.resolution,
+        in_channels=cfg.channels,
+        out_channels=cfg.channels,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        add_attention=bool(cfg.attention_resolutions),
+        attention_head_dim=None,  # one head of full width, as DDPM
+        norm_num_groups=cfg.norm_num_groups,
+        dropout=cfg.dropout,
+    )
+
+
+def make_scheduler(cfg: DDPMConfig) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                         prediction_type=cfg.prediction_type)
+
+
+def derived_seed(*parts: int) -> int:
+    """A 32-bit seed that mixes (seed, step) or (seed, image index) without collisions between neighbours."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def draw_noise(scheduler: DDPMScheduler, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training timestep per image (B,) and Gaussian noise like `images`, drawn on CPU from `generator`."""
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (images.shape[0],), generator=generator)
+    noise = torch.randn(images.shape, generator=generator)
+    return timesteps.to(images.device), noise.to(images.device)
+
+
+def diffusion_loss(model: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tensor, timesteps: torch.Tensor,
+                   noise: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the model's prediction; images and noise (B, C, H, W), images in [-1, 1]."""
+    noisy = scheduler.add_noise(images, noise, timesteps)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+        prediction = model(noisy, timesteps).sample  # (B, C, H, W)
+    kind = scheduler.config.prediction_type
+    target = {"epsilon": noise, "sample": images}.get(kind)
+    if target is None:
+        if kind != "v_prediction":
+            raise ValueError(f"unknown prediction_type {kind!r} (setting prediction_type)")
+        target = scheduler.get_velocity(images, noise, timesteps)
+    return F.mse_loss(prediction.float(), target)
+
+
+def accumulate_gradients(model: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tensor, generator: torch.Generator,
+                         micro_batch_size: int | None) -> float:
+    """Backward the batch's mean loss in micro-batches; returns the loss.
+
+    The noise is drawn for the whole batch first, so the micro-batch size changes memory, not the result.
+    """
+    timesteps, noise = draw_noise(scheduler, images, generator)
+    size = micro_batch_size or len(images)
+    total = 0.0
+    for chunk in range(0, len(images), size):
+        part = slice(chunk, chunk + size)
+        loss = diffusion_loss(model, scheduler, images[part], timesteps[part], noise[part]) * (len(images[part]) / len(images))
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+@torch.no_grad()
+def update_ema(ema: UNet2DModel, model: UNet2DModel, decay: float) -> None:
+    for averaged, current in zip(ema.parameters(), model.parameters()):
+        averaged.lerp_(current, 1.0 - decay)
+
+
+def save_ddpm(path: Path, ema: UNet2DModel, cfg: DDPMConfig, **extra: Any) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"config": asdict(cfg), "state_dict": ema.state_dict(), "ema": True, **extra}, tmp)
+
+
+def load_ddpm(path: Path, device: str | torch.device = "cpu") -> tuple[UNet2DModel, DDPMConfig]:
+    """The EMA network (in eval mode) and the config it was trained with."""
+    payload = torch.load(path, map_location=device, weights_only=False)
+    cfg = DDPMConfig(**payload["config"])
+    model = build_unet(cfg)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), cfg
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class _StepSampler(torch.utils.data.Sampler):
+    """Yields the batch indices of steps start..steps-1."""
+
+    def __init__(self, n_items: int, cfg: DDPMConfig, start: int):
+        self.n_items, self.cfg, self.start = n_items, cfg, start
+
+    def __iter__(self):
+        for step in range(self.start, self.cfg.steps):
+            yield batch_indices(self.n_items, self.cfg.batch_size, self.cfg.seed, step).tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.cfg.steps - self.start)
+
+
+def train_ddpm(cfg: DDPMConfig, datasets: list[Path], out: Path, work_dir: Path) -> dict[str, Any]:
+    """Train on the train split of `datasets`; write `out` (model.pt) and `train_summary.json` beside it."""
+    device = _device()
+    seed_everything(cfg.seed)
+    train_set = ImageShardDataset(datasets, "train", cfg.channels, cfg.resolution)
+    scheduler = make_scheduler(cfg)
+    model = build_unet(cfg).to(device)
+    ema = build_unet(cfg).to(device).requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+
+    checkpoints = Checkpointer(work_dir / "checkpoints")
+    state = checkpoints.load("cpu")  # on CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        set_rng_state(state["rng"])
+
+    def snapshot(step: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "rng": rng_state(), "config": asdict(cfg)}
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(work_dir / "tensorboard"))
+    loader = DataLoader(train_set, batch_sampler=_StepSampler(len(train_set), cfg, start), num_workers=cfg.num_workers)
+    progress = Progress(cfg.steps, start)
+    model.train()
+    loss_value = float("nan")
+    with StopSignal() as stop:
+        for step, images in enumerate(loader, start=start):
+            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))  # a function of step: nothing to resume
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            generator = torch.Generator().manual_seed(derived_seed(cfg.seed, step))
+            optimizer.zero_grad(set_to_none=True)
+            loss_value = accumulate_gradients(model, scheduler, images.to(device, non_blocking=True), generator, cfg.micro_batch_size)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            update_ema(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            done = step + 1
+            progress.update(done, {"loss": loss_value})
+            writer.add_scalar("train/loss", loss_value, done)
+            writer.add_scalar("train/lr", lr, done)
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop.received is not None:
+                checkpoints.save(snapshot(done))
+            if stop.received is not None:
+                progress.close()
+                writer.close()
+                log.warning("stopped by signal %d at step %d; rerun to resume", stop.received, done)
+                raise SystemExit(128 + stop.received)
+    progress.close()
+    writer.close()
+
+    final = torch.load(checkpoints.last, map_location="cpu", weights_only=False)
+    ema.load_state_dict(final["ema"])
+    save_ddpm(out, ema, cfg, step=final["step"])
+    summary = {"steps": final["step"], "last_loss": loss_value, "parameters": sum(p.numel() for p in model.parameters())}
+    write_json(Path(out).parent / "train_summary.json", summary)
+    log.info("trained DDPM: %s", json.dumps(summary))
+    return summary
+
+
+@torch.no_grad()
+def sample_ddpm(model_path: Path, n: int, seed: int, batch_size: int = 16, num_inference_steps: int | None = None,
+                start: int = 0, device: str | torch.device | None = None) -> np.ndarray:
+    """Images start..start+n-1 of the sample stream of `seed`: uint8 (N, H, W, C).
+
+    Image i depends on (seed, i) only, so shards drawn with different `start`s and batch sizes
+    concatenate to the same images as one run.
+    """
+    device = torch.device(device) if device is not None else _device()
+    model, cfg = load_ddpm(model_path, device)
+    scheduler = make_scheduler(cfg)
+    scheduler.set_timesteps(num_inference_steps or cfg.num_inference_steps)
+    shape = (cfg.channels, cfg.resolution, cfg.resolution)
+    batches = []
+    for first in range(start, start + n, batch_size):
+        indices = range(first, min(first + batch_size, start + n))
+        generators = [torch.Generator().manual_seed(derived_seed(seed, i)) for i in indices]
+        images = randn_tensor((len(indices), *shape), generator=generators, device=device)  # (B, C, H, W)
+        for t in scheduler.timesteps:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                prediction = model(images, t).sample
+            images = scheduler.step(prediction.float(), t, images, generator=generators).prev_sample
+        batches.append(to_uint8(images))
+    return np.concatenate(batches) if batches else np.zeros((0, cfg.resolution, cfg.resolution, cfg.channels), np.uint8)
