@@ -140,7 +140,7 @@ def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_d
         if loss_fn.discriminator is not None else None
     )
     checkpoints = Checkpointer(work_dir / "checkpoints")
-    state = checkpoints.load(device)
+    state = checkpoints.load("cpu")  # RNG states must stay CPU tensors; load_state_dict moves the weights
     start, best = 0, math.inf
     if state is not None:
         model.load_state_dict(state["model"])
