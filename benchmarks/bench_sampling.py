@@ -20,14 +20,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import sys
+from pathlib import Path
+
 import torch
 
-from dnd.transformer import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dnd.transformer import (  # noqa: E402
     SamplingConfig,
     Transformer,
     TransformerConfig,
     code_cross_entropy,
-    remove_caches,
     sample_sequence,
 )
 
@@ -48,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="bf16 (GPU default) or fp32 (CPU)")
     parser.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (!= 1 doubles the batch)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the cached decode step")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up (the fastest is reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up (fastest reported)")
     parser.add_argument("--mfu", action="store_true", help="also estimate the MFU of a training step (GPU only)")
     parser.add_argument("--mfu-batch", type=int, default=32, help="code maps per training step for --mfu")
     parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator bf16 peak (default: by name)")
@@ -62,18 +66,19 @@ def parse_args() -> argparse.Namespace:
 
 
 @dataclass
-class Timing:
+class SamplingRun:
     name: str
-    passes: int  # forward passes per run
-    codes: int  # codes per image
-    seconds: float  # per run (fastest of the repeats)
-    batch: int
+    variant: str
+    depth: int
+    positions: int  # forward passes per image set
+    cached: bool = True
+    seconds: float = math.inf  # fastest run so far
 
-    def row(self) -> str:
-        rate = self.batch * self.codes / self.seconds
+    def row(self, batch: int) -> str:
+        codes = self.positions * self.depth
         return (
-            f"{self.name:<34} {self.passes:>7} {self.codes:>7} {self.seconds:>9.3f} "
-            f"{rate:>11.0f} {self.batch / self.seconds:>9.2f}"
+            f"{self.name:<34} {self.positions:>7} {codes:>7} {self.seconds:>9.3f} "
+            f"{batch * codes / self.seconds:>11.0f} {batch / self.seconds:>9.2f}"
         )
 
 
@@ -92,32 +97,34 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def best_seconds(run: Callable[[], object], args: argparse.Namespace) -> float:
-    """Fastest of the timed runs: interference from other processes only ever adds time."""
-    run()  # warm-up: allocation, kernel selection, compilation
-    times = []
-    for _ in range(args.repeats):
-        sync(args.device)
-        start = time.perf_counter()
-        run()
-        sync(args.device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+def seconds_of(run: Callable[[], object], device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    run()
+    sync(device)
+    return time.perf_counter() - start
 
 
-def time_sampling(args, name: str, variant: str, depth: int, positions: int, cached: bool = True) -> Timing:
-    model = build(args, variant, depth, positions)
-    labels = torch.randint(0, model.config.num_classes, (args.batch,))
+def time_round_robin(args: argparse.Namespace, runs: list[SamplingRun]) -> None:
+    """One warm-up each (allocation, kernel choice, compilation), then `repeats` rounds over all runs,
+    keeping each run's fastest: interference from other processes only ever adds time, and
+    interleaving spreads what remains evenly over the runs being compared."""
+    models: dict[tuple[str, int, int], Transformer] = {}
+    labels = torch.randint(0, TransformerConfig.num_classes, (args.batch,))
     cfg = SamplingConfig(temperature=1.0, cfg_scale=args.cfg_scale)
-
-    def run():
-        return sample_sequence(model, labels, cfg, num_positions=positions, use_cache=cached,
-                               compile=args.compile and cached)  # fmt: skip
-
-    seconds = best_seconds(run, args)
-    remove_caches(model)
-    del model
-    return Timing(name, positions, positions * depth, seconds, args.batch)
+    calls = []
+    for run in runs:
+        key = (run.variant, run.depth, run.positions)
+        if key not in models:  # the cached and uncached (d) runs share a model when P matches
+            models[key] = build(args, *key)
+        model = models[key]
+        options = dict(num_positions=run.positions, use_cache=run.cached, compile=args.compile and run.cached)
+        calls.append(lambda model=model, options=options: sample_sequence(model, labels, cfg, **options))
+    for call in calls:
+        call()
+    for _ in range(args.repeats):
+        for run, call in zip(runs, calls):
+            run.seconds = min(run.seconds, seconds_of(call, args.device))
 
 
 def training_mfu(args: argparse.Namespace, depth: int) -> str:
@@ -145,7 +152,8 @@ def training_mfu(args: argparse.Namespace, depth: int) -> str:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = best_seconds(lambda: [step() for _ in range(5)], args) / 5
+    step()  # warm-up (and compilation)
+    seconds = min(seconds_of(lambda: [step() for _ in range(5)], args.device) for _ in range(args.repeats)) / 5
     # 6 FLOPs per matmul weight per token (forward + backward) + causal attention (PaLM's estimate)
     embeddings = model.tok_embeddings.weight.numel() + model.class_embedding.weight.numel()
     tokens = grid * grid
@@ -168,26 +176,29 @@ def main() -> None:
         f"P={P} positions, cfg_scale {args.cfg_scale}, compile {args.compile}, torch {torch.__version__}"
         + (f", {torch.get_num_threads()} threads" if args.device == "cpu" else f", {torch.cuda.get_device_name()}")
     )
-    print(f"{'run':<34} {'passes':>7} {'codes':>7} {'s/run':>9} {'codes/s':>11} {'images/s':>9}")
-
-    one_d = time_sampling(args, f"(b) 1D over P={P}", "1d", 1, P)
-    print(one_d.row(), flush=True)
-    checks = []
+    one_d = SamplingRun(f"(b) 1D over P={P}", "1d", 1, P)
+    runs = [one_d]
+    pairs = []
     for depth in args.depth:
-        dnd = time_sampling(args, f"(a) DnD D={depth} over P={P}", "dnd", depth, P)
-        print(dnd.row(), flush=True)
-        long = time_sampling(args, f"(c) 1D over P*D={P * depth}", "1d", 1, P * depth)
-        print(long.row(), flush=True)
-        checks.append((f"(a)/(b) DnD D={depth} vs 1D over P: time ratio", dnd.seconds / one_d.seconds, "<=", 1.15))
-        checks.append((f"(c)/(a) 1D over P*D vs DnD D={depth}: speed-up", long.seconds / dnd.seconds, ">=", 0.8 * depth))
-
+        dnd = SamplingRun(f"(a) DnD D={depth} over P={P}", "dnd", depth, P)
+        long = SamplingRun(f"(c) 1D over P*D={P * depth}", "1d", 1, P * depth)
+        runs += [dnd, long]
+        pairs.append((depth, dnd, long))
     Pu = args.uncached_positions
-    cached = time_sampling(args, f"(d) DnD D={first_depth} cached, P={Pu}", "dnd", first_depth, Pu)
-    print(cached.row(), flush=True)
-    uncached = time_sampling(args, f"(d) DnD D={first_depth} uncached, P={Pu}", "dnd", first_depth, Pu, cached=False)
-    print(uncached.row(), flush=True)
-    checks.append((f"(d) uncached/cached at P={Pu}: speed-up", uncached.seconds / cached.seconds, ">=", 10.0))
+    cached = SamplingRun(f"(d) DnD D={first_depth} cached, P={Pu}", "dnd", first_depth, Pu)
+    uncached = SamplingRun(f"(d) DnD D={first_depth} uncached, P={Pu}", "dnd", first_depth, Pu, cached=False)
+    runs += [cached, uncached]
+    time_round_robin(args, runs)
 
+    print(f"{'run':<34} {'passes':>7} {'codes':>7} {'s/run':>9} {'codes/s':>11} {'images/s':>9}")
+    for run in runs:
+        print(run.row(args.batch))
+    checks = []
+    for depth, dnd, long in pairs:
+        checks.append((f"(a)/(b) DnD D={depth} vs 1D over P: time ratio", dnd.seconds / one_d.seconds, "<=", 1.15))
+        speedup = long.seconds / dnd.seconds
+        checks.append((f"(c)/(a) 1D over P*D vs DnD D={depth}: speed-up", speedup, ">=", 0.8 * depth))
+    checks.append((f"(d) uncached/cached at P={Pu}: speed-up", uncached.seconds / cached.seconds, ">=", 10.0))
     print()
     for label, value, op, bound in checks:
         ok = value <= bound if op == "<=" else value >= bound

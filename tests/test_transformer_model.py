@@ -296,3 +296,9 @@ def test_authors_checkpoint_round_trip(tmp_path, variant):
         load_authors_checkpoint(tmp_path / "missing.pt", n_head=2, grid_size=GRID)
     with pytest.raises(ValueError, match="grid_size"):
         load_authors_checkpoint(bare, n_head=2)
+    misshapen = authors_state_dict(model, False)
+    head = "output.weight" if variant == "1d" else "output.0.weight"
+    misshapen[head] = torch.zeros(VOCAB + 1, model.config.dim)
+    torch.save({"model": misshapen}, tmp_path / "misshapen.pt")
+    with pytest.raises(ValueError, match="wrong shape"):
+        load_authors_checkpoint(tmp_path / "misshapen.pt", n_head=2, grid_size=GRID)

@@ -1,5 +1,6 @@
 """The DAG for real: a snakemake run of the data targets on the micro config, then rerun triggers by dry run."""
 
+import json
 import os
 import re
 import subprocess
@@ -19,7 +20,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, DND_WORK_DIR=str(workdir / "work"))
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
-        capture_output=True, text=True, env=env,
+        capture_output=True, text=True, env=env, cwd=workdir,
     )
 
 
@@ -27,6 +28,11 @@ def planned_jobs(run: subprocess.CompletedProcess) -> set[str]:
     """Rule names in the 'Job stats' table of a dry run (empty when nothing is to be done)."""
     rows = re.findall(r"^(\w+)\s+\d+$", run.stdout, flags=re.MULTILINE)
     return {name for name in rows if name not in ("total", "all")}
+
+
+def planned_tokenizer_jobs(run: subprocess.CompletedProcess) -> set[str]:
+    """The `tokenizer` wildcard of every planned job that has one."""
+    return set(re.findall(r"wildcards: tokenizer=(\w+)", run.stdout))
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +69,23 @@ def test_data_targets_are_built(micro_run):
     assert (workdir / "logs" / "render_text_images.log").exists()
 
 
+def test_table1_is_written(micro_run):
+    import pandas as pd
+
+    workdir, config = micro_run
+    table1a = pd.read_csv(workdir / "results" / "table1a.csv", keep_default_na=False)
+    assert list(table1a["tokenizer"]) == config["tables"]["table1a"]["rows"]
+    assert {"rFID", "L2", "code_usage", "code_usage_per_depth"} <= set(table1a.columns)
+    assert table1a["rFID"].tolist() == ["n/a"]  # no Inception weights in the micro config
+    table1b = pd.read_csv(workdir / "results" / "table1b.csv", keep_default_na=False)
+    assert list(table1b["tokenizer"]) == config["tables"]["table1b"]["rows"]
+    assert list(table1b.columns[1:4]) == ["Text256", "Text512", "arXiv512"]
+    original = table1b.set_index("tokenizer").loc["original"]
+    assert float(original["Text256"]) > 0.5  # OCR reads the micro test pages themselves
+    for name in ("table1a.png", "table1b.png", "table1b_grids.png"):
+        assert (workdir / "results" / name).stat().st_size > 0
+
+
 def test_nothing_to_do_after_a_complete_run(micro_run):
     workdir, _ = micro_run
     assert planned_jobs(snakemake(workdir, "-n", "--configfile", "run.yaml")) == set()
@@ -71,15 +94,17 @@ def test_nothing_to_do_after_a_complete_run(micro_run):
 @pytest.mark.parametrize(
     "edit, expected",
     [
-        (("data", "text256", "size", 96), {"make_text256"}),
-        (("data", "text_image", "render", "margin", 12), {"render_text_images", "make_text256"}),
-        (("data", "wiki_text", "max_words", 60), {"extract_wiki_text", "render_text_images", "make_text256"}),
+        (("data", "text256", "size", 96), {"make_text256", "evaluate_reconstruction", "make_table1b"}),
+        (("data", "classes", "image", "size", 8), {"prepare_images", "train_tokenizer", "evaluate_reconstruction", "make_table1a"}),
+        (("tokenizers", "micro_d2", "train", "steps", 20), {"train_tokenizer", "evaluate_reconstruction", "make_table1b"}),
+        (("evaluation", "recon", "max_images", 1), {"evaluate_reconstruction", "make_table1a", "make_table1b"}),
+        (("tables", "table1a", "notes", {"micro_cls": "edited"}), {"make_table1a"}),
         (("launch", "workers", 1), set()),
     ],
 )
 def test_config_edit_reruns_only_that_stage_and_what_follows(micro_run, edit, expected):
     workdir, config = micro_run
-    edited = yaml.safe_load(yaml.safe_dump(config))
+    edited = json.loads(json.dumps(config))  # unshared copies: YAML merge keys share nested dicts
     *keys, last, value = edit
     node = edited
     for key in keys:
@@ -89,6 +114,8 @@ def test_config_edit_reruns_only_that_stage_and_what_follows(micro_run, edit, ex
     run = snakemake(workdir, "-n", "--configfile", "edited.yaml")
     assert run.returncode == 0, run.stderr[-2000:]
     assert planned_jobs(run) == expected
+    if edit[0] == "tokenizers":  # only the edited tokenizer retrains and is re-evaluated
+        assert planned_tokenizer_jobs(run) == {edit[1]}
 
 
 def test_rendering_twice_gives_the_same_bytes(micro_run, tmp_path):

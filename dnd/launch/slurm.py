@@ -27,6 +27,7 @@ log = logging.getLogger("dnd.launch")
 
 FILE_CHECK_S = 1.0  # finished tasks are seen by their result files, without asking SLURM
 FAILURES_SHOWN = 3  # failed tasks whose logs go into the error message (the rest are listed)
+DRAIN_S = 10.0  # after the last result, how long to wait for the jobs to end so their streamed logs are complete
 
 
 class SlurmJobFailed(RuntimeError):
@@ -91,7 +92,7 @@ class SlurmLauncher:
         attached = {key: task for key, task in recorded.items() if is_live(listed.get(task[0], GONE))}
         if attached:
             jobs = sorted({task_id.split("_")[0] for task_id, _ in attached.values()})
-            log.info("%s: re-attaching to %d running task(s) of SLURM job(s) %s", self.stage, len(attached), ", ".join(jobs))
+            log.info("%s: re-attaching to %d pending or running task(s) of SLURM job(s) %s", self.stage, len(attached), ", ".join(jobs))
         return attached
 
     def _submit(self, calls: Sequence[RecordedCall]) -> dict[str, tuple[str, str]]:
@@ -110,42 +111,61 @@ class SlurmLauncher:
 
     # ------------------------------------------------------------ waiting
     def _wait(self, waiting: dict[str, tuple[str, str]]) -> None:
+        """Until every task has its result or has ended without one; the latter raise SlurmJobFailed.
+
+        A task counts as failed only when two squeue answers at least `grace_s` apart both no longer
+        list it as live (a requeue passes through short-lived states; a result file may appear late).
+        """
         for task_id, folder in waiting.values():
             self.follower.follow(task_id, folder)
         remaining = dict(waiting)
-        ended: dict[str, float] = {}  # key → when SLURM first no longer listed its task as live
+        ended: dict[str, float] = {}  # key → when squeue first no longer listed its task as live
         failed: dict[str, tuple[str, str]] = {}
-        grace_s = min(self.settings.poll_s, 10.0)  # for result files to show up on a shared file system
+        grace_s = min(self.settings.poll_s, 10.0)
         listed: dict[str, str] = {}
         last_query = time.monotonic()
-        done = 0
         while remaining:
             time.sleep(FILE_CHECK_S)
             self.follower.poll()
             for key in [key for key in remaining if self.store.has(key)]:
                 del remaining[key]
                 ended.pop(key, None)
-                done += 1
-                log.info("%s: %d/%d task(s) done", self.stage, done, len(waiting))
+                log.info("%s: %d/%d task(s) done", self.stage, len(waiting) - len(remaining) - len(failed), len(waiting))
             now = time.monotonic()
-            if remaining and now - last_query >= self.settings.poll_s:
-                last_query = now
-                try:
-                    listed = squeue_states()
-                except SlurmUnavailable as err:
-                    log.warning("%s: %s; asking again in %.0f s", self.stage, err, self.settings.poll_s)
-                    continue
-                for key, (task_id, _) in remaining.items():
-                    if is_live(listed.get(task_id, GONE)):
-                        ended.pop(key, None)
-                    else:
-                        ended.setdefault(key, now)
-            for key in [key for key, since in ended.items() if now - since >= grace_s and key in remaining]:
-                failed[key] = remaining.pop(key)
-                del ended[key]
-        self.follower.poll()
+            expired = {key for key, since in ended.items() if now - since >= grace_s}
+            if not remaining or (now - last_query < self.settings.poll_s and not expired):
+                continue
+            last_query = now
+            try:
+                listed = squeue_states()
+            except SlurmUnavailable as err:
+                log.warning("%s: %s; asking again in %.0f s", self.stage, err, self.settings.poll_s)
+                continue
+            for key, (task_id, _) in list(remaining.items()):
+                if is_live(listed.get(task_id, GONE)):
+                    ended.pop(key, None)
+                elif key in expired and not self.store.has(key):
+                    failed[key] = remaining.pop(key)
+                    del ended[key]
+                else:
+                    ended.setdefault(key, now)
+        self._drain([task_id for task_id, _ in waiting.values()])
         if failed:
             raise SlurmJobFailed(self._failure_report(failed, len(waiting), listed))
+
+    def _drain(self, task_ids: list[str]) -> None:
+        """A task writes its result just before it exits: keep streaming until SLURM lists none as live."""
+        deadline = time.monotonic() + DRAIN_S
+        while time.monotonic() < deadline:
+            try:
+                listed = squeue_states()
+            except SlurmUnavailable:
+                break
+            if not any(is_live(listed.get(task_id, GONE)) for task_id in task_ids):
+                break
+            self.follower.poll()
+            time.sleep(FILE_CHECK_S)
+        self.follower.poll()
 
     def _failure_report(self, failed: dict[str, tuple[str, str]], total: int, listed: dict[str, str]) -> str:
         states = end_states([task_id for task_id, _ in failed.values()], listed)

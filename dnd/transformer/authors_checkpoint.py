@@ -151,16 +151,16 @@ def convert_state_dict(state: dict[str, Tensor], model: Transformer) -> dict[str
         else:
             ours[mapped] = value
     expected = model.state_dict()
-    null_rows = expected["class_embedding.weight"].shape[0] - ours.get("class_embedding.weight", torch.empty(0)).shape[0]
-    if null_rows == 1:
+    table = ours.get("class_embedding.weight")
+    if table is not None and table.shape[0] + 1 == expected["class_embedding.weight"].shape[0]:
         warnings.warn("checkpoint trained without class dropout: null class set to zeros, CFG is meaningless")
-        table = ours["class_embedding.weight"]
         ours["class_embedding.weight"] = torch.cat([table, table.new_zeros(1, table.shape[1])])
     missing = sorted(set(expected) - set(ours))
     unknown += sorted(k for k in ours if k not in expected)
     if unknown or missing:
         raise KeyError(f"checkpoint does not match the model: unknown keys {unknown[:8]}, missing keys {missing[:8]}")
-    wrong = [f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in ours.items() if v.shape != expected[k].shape]
+    wrong = [f"{k}: {tuple(v.shape)}, want {tuple(expected[k].shape)}" for k, v in ours.items()
+             if v.shape != expected[k].shape]  # fmt: skip
     if wrong:
         raise ValueError(f"checkpoint tensors of the wrong shape: {wrong[:8]}")
     return ours

@@ -155,7 +155,12 @@ def forward_and_sample(
 
 
 def prefill(
-    model: Transformer, labels: Tensor, gumbel: Tensor | None, scale: Tensor, rules: tuple[DepthRule, ...], guided: bool
+    model: Transformer,
+    labels: Tensor,
+    gumbel: Tensor | None,
+    scale: Tensor,
+    rules: tuple[DepthRule, ...],
+    guided: bool,
 ) -> Tensor:
     """Fill the cache with the class tokens labels (B2,) and sample position 0 -> codes (B, D)."""
     x = model.embed_labels(labels)  # (B2, 1, dim)

@@ -56,7 +56,8 @@ def setup_caches(
         if cache is not None and cache.matches(max_batch_size, max_seq_len, dtype, device):
             cache.reset()
         else:
-            block.attention.kv_cache = KVCache(max_batch_size, max_seq_len, config.n_head, config.head_dim, dtype, device)
+            shape = (max_batch_size, max_seq_len, config.n_head, config.head_dim)
+            block.attention.kv_cache = KVCache(*shape, dtype, device)
 
 
 def reset_caches(model: nn.Module) -> None:
