@@ -140,6 +140,25 @@ def cmd_make_table1(args: argparse.Namespace) -> None:
     print(frame.to_string(index=False))
 
 
+def cmd_train_transformer(args: argparse.Namespace) -> None:
+    from dnd.transformer.train import TransformerSpec, train_transformer
+
+    raw = _stage_config(args, f"transformers.{args.name}")
+    inputs = input_fingerprint([Path(args.codes), Path(args.tokenizer)])
+    work = Path(args.work_dir) if args.work_dir else stage_work_dir("train_transformer", args.name, raw, inputs)
+    train_transformer(TransformerSpec.from_dict(args.name, raw), Path(args.codes), Path(args.out), work, Path(args.tokenizer))
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from dnd.stages.sample import SampleSpec, sample_images
+
+    raw = _stage_config(args, f"sampling.{args.sampling_name}")
+    inputs = input_fingerprint([Path(args.model), Path(args.tokenizer)])
+    work = Path(args.work_dir) if args.work_dir else stage_work_dir("sample_images", f"{args.model_name}-{args.sampling_name}", raw, inputs)
+    names = {"model": args.model_name, "sampling": args.sampling_name}
+    sample_images(Path(args.model), Path(args.tokenizer), SampleSpec.from_dict(raw), Path(args.out), work, names)
+
+
 Command = tuple[str, str, Callable[[argparse.Namespace], None], list[tuple[str, dict[str, Any]]]]
 COMMANDS: list[Command] = [
     (
@@ -242,6 +261,31 @@ COMMANDS: list[Command] = [
             ("--table", dict(required=True, choices=["table1a", "table1b"])),
             ("--metrics", dict(required=True, nargs="+", help="metrics .json files from evaluate-reconstruction")),
             ("--out", dict(required=True, help="output .csv")),
+        ],
+    ),
+    (
+        "train-transformer",
+        "Train a DnD-Transformer (or the 1d / parallel / vertical baselines) on Arrow code maps (resumable).",
+        cmd_train_transformer,
+        [
+            ("--name", dict(required=True, help="the model's name (key under transformers: in the config)")),
+            ("--codes", dict(required=True, help="code-map folder from tokenize-images (train and val splits)")),
+            ("--tokenizer", dict(required=True, help="the tokenizer's model.pt (decodes sample grids during training)")),
+            ("--out", dict(required=True, help="output model.pt")),
+            ("--work-dir", dict(help="checkpoints and TensorBoard logs (default: work/train_transformer/<name>-<hash>)")),
+        ],
+    ),
+    (
+        "sample",
+        "Sample images with the KV cache (CFG, temperature, top-k/p), decode them; PNGs + an ADM-style .npz.",
+        cmd_sample,
+        [
+            ("--model", dict(required=True, help="a trained transformer's model.pt")),
+            ("--tokenizer", dict(required=True, help="its tokenizer's model.pt")),
+            ("--model-name", dict(required=True, help="name of the model in summaries and tables")),
+            ("--sampling-name", dict(required=True, help="key under sampling: in the config")),
+            ("--out", dict(required=True, help="output folder")),
+            ("--work-dir", dict(help="where finished sample shards are kept between runs")),
         ],
     ),
 ]

@@ -109,3 +109,20 @@ def testset_path(wildcards):
 
 def dataset_path(wildcards):
     return DATASETS[wildcards.dataset]
+
+
+def transformer_params(wildcards):
+    return stage_params(f"transformers.{wildcards.model}")
+
+
+def sampling_params(wildcards):
+    return stage_params(f"sampling.{wildcards.sampling}")
+
+
+def transformer_tokenizer(wildcards):
+    return f"results/tokenizers/{config['transformers'][wildcards.model]['tokenizer']}/model.pt"
+
+
+def transformer_codes(wildcards):
+    spec = config["transformers"][wildcards.model]
+    return f"results/codes/{spec['tokenizer']}/{spec['data']}"

@@ -1,0 +1,139 @@
+"""`sample_images`: N images per class (or N unconditional) from a trained transformer, decoded by its tokenizer.
+
+The label list is split into `shards` contiguous parts that fan out through the launcher (local
+processes, or one SLURM job array for 50 000 samples); each shard seeds its batches from
+(seed, shard, batch), so the samples depend on the seed and the shard layout only. Outputs:
+`samples.npz` (ADM layout: `arr_0` uint8 (N, H, W, 3), `arr_1` labels), `grid.png`, optional
+`png/<index>_<label>.png`, and `summary.json` (settings, parameter count, timing).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dnd.atomic import atomic_dir, atomic_path, write_json
+from dnd.data.images import to_pil, to_uint8
+from dnd.launch import map_shards
+from dnd.metrics.adm import write_adm_batch
+from dnd.provenance import write_provenance
+from dnd.transformer.generate import SamplingConfig
+
+log = logging.getLogger("dnd.sample")
+
+
+@dataclass
+class SampleSpec:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    per_class: int = 50  # class-conditional models: images per class (the paper: 50 for 50 000 ImageNet samples)
+    n: int = 250  # unconditional models: images in all (the paper's PPL-OCR: 250)
+    batch_size: int = 32
+    shards: int = 1  # the unit of parallelism (local processes or array tasks)
+    save_png: bool = True  # also one PNG per image under png/
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "SampleSpec":
+        raw = dict(raw)
+        sampling = SamplingConfig(**{k: raw.pop(k) for k in list(raw) if k in SamplingConfig.__dataclass_fields__})
+        return cls(sampling=sampling, **raw)
+
+
+@dataclass(frozen=True)
+class SampleShardTask:
+    model: Path
+    tokenizer: Path
+    labels: tuple[int, ...]  # -1 = unconditional
+    index: int
+    spec: SampleSpec
+    out: Path
+
+
+def sample_shard(task: SampleShardTask) -> dict[str, Any]:
+    from dnd.tokenizer.train import load_tokenizer
+    from dnd.transformer.generate import generate
+    from dnd.transformer.train import load_transformer
+
+    if task.out.exists():
+        with np.load(task.out) as done:
+            return {"images": len(done["arr_1"]), "seconds": float(done["seconds"])}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_transformer(task.model, device)
+    decoder = load_tokenizer(task.tokenizer, device)
+    images, start_time = [], time.perf_counter()
+    batch_size = task.spec.batch_size
+    for b, first in enumerate(range(0, len(task.labels), batch_size)):
+        labels = task.labels[first : first + batch_size]
+        seed = int(np.random.SeedSequence([task.spec.sampling.seed, task.index, b]).generate_state(1)[0])
+        cfg = SamplingConfig(**{**asdict(task.spec.sampling), "seed": seed})
+        conditioning = torch.tensor(labels, device=device) if labels[0] >= 0 else len(labels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            codes = generate(model, conditioning, cfg)
+        with torch.no_grad():
+            images.append(to_uint8(decoder.decode(codes).clamp(-1, 1).float()))
+    seconds = time.perf_counter() - start_time
+    stacked = np.concatenate(images) if images else np.zeros((0, 1, 1, 1), np.uint8)
+    with atomic_path(task.out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, arr_0=stacked, arr_1=np.asarray(task.labels, np.int64), seconds=seconds)
+    return {"images": len(stacked), "seconds": seconds}
+
+
+def label_list(num_classes: int, spec: SampleSpec) -> list[int]:
+    if num_classes > 0:
+        return [c for c in range(num_classes) for _ in range(spec.per_class)]
+    return [-1] * spec.n
+
+
+def sample_images(model_path: Path, tokenizer: Path, spec: SampleSpec, out_dir: Path, work_dir: Path, names: dict[str, str]) -> dict[str, Any]:
+    from dnd.transformer.train import load_transformer
+
+    model = load_transformer(model_path)
+    labels = label_list(model.config.num_classes, spec)
+    parts = np.array_split(np.asarray(labels), max(1, spec.shards))
+    tasks = [
+        SampleShardTask(model_path, tokenizer, tuple(int(x) for x in part), i, spec, work_dir / f"shard-{i:05d}.npz")
+        for i, part in enumerate(parts)
+        if len(part)
+    ]
+    results = map_shards("sample_images", sample_shard, tasks, work_dir)
+    arrays = [np.load(task.out) for task in tasks]
+    images = np.concatenate([a["arr_0"] for a in arrays])
+    sample_labels = np.concatenate([a["arr_1"] for a in arrays])
+    rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+    seconds = sum(r["seconds"] for r in results)
+    summary = {
+        "model": names["model"], "sampling_name": names["sampling"], "sampling": asdict(spec.sampling),
+        "variant": model.config.variant, "params": model.num_params(), "depth": model.config.depth,
+        "n_images": len(images), "seconds": seconds, "seconds_per_image": seconds / max(1, len(images)),
+        "device": "cuda" if torch.cuda.is_available() else "cpu", "shards": len(tasks),
+    }
+    with atomic_dir(out_dir) as tmp:
+        write_adm_batch(tmp / "samples.npz", rgb, sample_labels)
+        _grid(images, sample_labels, tmp / "grid.png")
+        if spec.save_png:
+            (tmp / "png").mkdir()
+            for index, (image, label) in enumerate(zip(images, sample_labels)):
+                to_pil(image).save(tmp / "png" / f"{index:06d}_{label}.png")
+        write_json(tmp / "summary.json", summary)
+        write_provenance(tmp, "sample_images", {"spec": asdict(spec), **names}, seed=spec.sampling.seed)
+    log.info("sampled %d images from %s (%s) in %.1f s", len(images), names["model"], names["sampling"], seconds)
+    return summary
+
+
+def _grid(images: np.ndarray, labels: np.ndarray, path: Path, max_images: int = 100) -> None:
+    """Up to 10 images per class in rows (unconditional: the first 100 in a 10-wide grid)."""
+    from torchvision.utils import make_grid
+
+    if labels.size and labels[0] >= 0:
+        picks = [i for c in np.unique(labels) for i in np.flatnonzero(labels == c)[:10]]
+    else:
+        picks = list(range(min(max_images, len(images))))
+    tensor = torch.from_numpy(images[picks]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    grid = make_grid(tensor, nrow=10, padding=2, pad_value=1.0)
+    with atomic_path(path) as tmp:
+        to_pil(to_uint8(grid[None])[0]).save(tmp, format="PNG")

@@ -1,0 +1,231 @@
+"""`dnd train-transformer`: train a DnD-Transformer (or a baseline variant) on Arrow code maps.
+
+Same contract as the tokenizer trainer: `last.pt` every `checkpoint_every` steps and on
+SIGTERM/SIGUSR1/SIGUSR2 in the work area, `best.pt` by validation loss, batches a function of
+(seed, step), RNG states in the checkpoint, so a killed run resumes to the same weights. The
+declared output `model.pt` holds the config and the (EMA, when enabled) weights of the best step.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dnd.atomic import atomic_path, write_json
+from dnd.data.codes import CodeMapDataset, code_shards
+from dnd.transformer.model import Transformer, TransformerConfig
+from dnd.training import Checkpointer, Progress, StopSignal, batch_indices, rng_state, seed_everything, set_rng_state
+
+log = logging.getLogger("dnd.transformer.train")
+
+
+@dataclass
+class TransformerTrainConfig:
+    batch_size: int = 32
+    steps: int = 1000
+    lr: float = 1e-4  # the paper: 1e-4 per batch of 256 (scale it with the batch); the authors' code 2e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05  # on weight matrices only (not norms, not embeddings' biases)
+    grad_clip: float = 1.0
+    warmup_steps: int = 0  # linear LR warm-up; constant after (the authors: constant)
+    ema_decay: float | None = None  # e.g. 0.9999 (the authors' optional EMA); None = off
+    crops_per_image: int = 1  # >1: rows hold ten-crop code maps, one drawn per sample (authors' ImageNet recipe)
+    checkpoint_every: int = 200
+    eval_every: int = 500
+    eval_batches: int = 4  # validation batches for the validation loss
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class TransformerSpec:
+    """One named model of the config (`transformers.<name>`); vocab/depth/grid come from its code maps."""
+
+    name: str
+    size: str
+    model: dict[str, Any] = field(default_factory=dict)  # TransformerConfig overrides (variant, head_layers, dropouts…)
+    train: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
+
+    @classmethod
+    def from_dict(cls, name: str, raw: dict[str, Any]) -> "TransformerSpec":
+        return cls(name, raw.get("size", "demo"), dict(raw.get("model", {})), TransformerTrainConfig(**raw.get("train", {})))
+
+    def model_config(self, dataset: CodeMapDataset, num_classes: int) -> TransformerConfig:
+        info = dataset.info
+        if info.height != info.width:
+            raise ValueError(f"code maps must be square, got {info.height}x{info.width}")
+        return TransformerConfig.preset(
+            self.size, vocab_size=info.codebook_size, depth=info.depth, grid_size=info.height,
+            num_classes=num_classes, **self.model,
+        )
+
+
+def save_transformer(path: Path, model: Transformer, name: str, **extra: Any) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"name": name, "config": asdict(model.config), "state_dict": model.state_dict(), **extra}, tmp)
+
+
+def load_transformer(path: Path, device: str | torch.device = "cpu") -> Transformer:
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    model = Transformer(TransformerConfig(**payload["config"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval()
+
+
+def _num_classes(dataset: CodeMapDataset) -> int:
+    """Classes of a labelled code-map set (labels 0..K-1); 0 for unlabelled sets (unconditional models)."""
+    labels = np.concatenate([f.labels for f in dataset.files]).astype(float)
+    labels = labels[~np.isnan(labels)]
+    return int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
+
+
+def _param_groups(model: Transformer, weight_decay: float) -> list[dict[str, Any]]:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _batch(dataset: CodeMapDataset, indices: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    items = [dataset[int(i)] for i in indices]
+    codes = torch.from_numpy(np.stack([c for c, _ in items])).to(device)
+    labels = torch.tensor([label for _, label in items], device=device)
+    return codes, (labels if bool((labels >= 0).all()) else None)
+
+
+@torch.no_grad()
+def validate(model: Transformer, dataset: CodeMapDataset, cfg: TransformerTrainConfig, device: torch.device) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    losses, per_depth = [], []
+    for b in range(cfg.eval_batches):
+        start = b * cfg.batch_size
+        if start >= len(dataset):
+            break
+        indices = np.arange(start, min(start + cfg.batch_size, len(dataset)))
+        codes, labels = _batch(dataset, indices, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, depth_losses = model.loss(codes, labels)
+        losses.append(float(loss))
+        per_depth.append(depth_losses.float().cpu().numpy())
+    model.train(was_training)
+    out = {"val/loss": float(np.mean(losses))}
+    out |= {f"val/loss_depth{d + 1}": float(v) for d, v in enumerate(np.mean(per_depth, axis=0))}
+    return out
+
+
+def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_dir: Path, tokenizer: Path | None = None) -> dict[str, Any]:
+    cfg = spec.train
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    seed_everything(cfg.seed)
+    train_set = CodeMapDataset(code_shards(codes_dir, "train"), crops_per_image=cfg.crops_per_image, seed=cfg.seed)
+    val_shards = [p for p in code_shards(codes_dir, "val") if p.stat().st_size > 0]
+    val_set = CodeMapDataset(val_shards) if val_shards else None
+    num_classes = _num_classes(train_set)
+    model = Transformer(spec.model_config(train_set, num_classes)).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay else None
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                  fused=device.type == "cuda")
+    checkpoints = Checkpointer(work_dir / "checkpoints")
+    state = checkpoints.load("cpu")
+    start, best = 0, math.inf
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        start, best = state["step"], state["best_val_loss"]
+        set_rng_state(state["rng"])
+
+    def snapshot(step: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "step": step, "best_val_loss": best,
+                "rng": rng_state(), "config": asdict(model.config)}
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(work_dir / "tensorboard"))
+    progress = Progress(cfg.steps, start)
+    log.info("%s: %s, %.2fM parameters, %d classes, %d training code maps of %dx%dx%d",
+             spec.name, model.config.variant, model.num_params() / 1e6, num_classes, len(train_set),
+             train_set.info.height, train_set.info.width, train_set.info.depth)
+    model.train()
+    with StopSignal() as stop:
+        for step in range(start, cfg.steps):
+            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            codes, labels = _batch(train_set, batch_indices(len(train_set), cfg.batch_size, cfg.seed, step), device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss, per_depth = model.loss(codes, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                with torch.no_grad():
+                    for target, source in zip(ema.parameters(), model.parameters()):
+                        target.lerp_(source, 1.0 - cfg.ema_decay)
+            done = step + 1
+            metrics = {"loss": float(loss), "grad_norm": float(grad_norm), "lr": lr}
+            metrics |= {f"loss_depth{d + 1}": float(v) for d, v in enumerate(per_depth)}
+            progress.update(done, {"loss": metrics["loss"]})
+            for key, value in metrics.items():
+                writer.add_scalar(f"train/{key}", value, done)
+            if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+                val = validate(ema or model, val_set, cfg, device)
+                for key, value in val.items():
+                    writer.add_scalar(key, value, done)
+                log.info("step %d validation %s", done, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
+                if val["val/loss"] < best:
+                    best = val["val/loss"]
+                    checkpoints.save(snapshot(done), checkpoints.best)
+                if tokenizer is not None:
+                    sample_grid(ema or model, tokenizer, work_dir / "samples" / f"step-{done:07d}.png", cfg.seed)
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop.received is not None:
+                checkpoints.save(snapshot(done))
+            if stop.received is not None:
+                progress.close()
+                writer.close()
+                log.warning("stopped by signal %d at step %d; rerun to resume", stop.received, done)
+                raise SystemExit(128 + stop.received)
+    progress.close()
+    writer.close()
+
+    final = torch.load(checkpoints.best if checkpoints.best.exists() else checkpoints.last, map_location="cpu", weights_only=False)
+    model.load_state_dict(final["ema"] if final.get("ema") is not None else final["model"])
+    save_transformer(out, model, spec.name, step=final["step"], val_loss=final["best_val_loss"], tokenizer=str(tokenizer))
+    summary = {"model": spec.name, "variant": model.config.variant, "params": model.num_params(), "steps": cfg.steps,
+               "best_step": final["step"], "best_val_loss": final["best_val_loss"], "head_layers": model.config.head_layers}
+    write_json(out.parent / "train_summary.json", summary)
+    log.info("trained %s: %s", spec.name, json.dumps(summary))
+    return summary
+
+
+@torch.no_grad()
+def sample_grid(model: Transformer, tokenizer: Path, path: Path, seed: int, n: int = 8) -> None:
+    """A PNG of a few samples during training (one per class for class-conditional models)."""
+    from torchvision.utils import make_grid
+
+    from dnd.data.images import to_pil, to_uint8
+    from dnd.tokenizer.train import load_tokenizer
+    from dnd.transformer.generate import SamplingConfig, generate
+
+    device = next(model.parameters()).device
+    decoder = load_tokenizer(tokenizer, device)
+    classes = model.config.num_classes
+    labels = torch.arange(n, device=device) % classes if classes else n
+    codes = generate(model, labels, SamplingConfig(seed=seed))
+    images = decoder.decode(codes).clamp(-1, 1).float().cpu()
+    grid = make_grid(images, nrow=n, padding=2, pad_value=1.0)
+    with atomic_path(path) as tmp:
+        to_pil(to_uint8(grid[None])[0]).save(tmp, format="PNG")

@@ -1,0 +1,48 @@
+# ------------------------------------------------------------------ DnD-Transformers: training and sampling
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9_]+",
+    sampling=r"[A-Za-z0-9_]+",
+
+
+rule train_transformer:
+    input:
+        codes=transformer_codes,
+        tokenizer=transformer_tokenizer,
+    output:
+        model="results/transformers/{model}/model.pt",
+    params:
+        cfg=transformer_params,
+        code=code_version("dnd/transformer/model.py", "dnd/transformer/train.py", "dnd/training.py", "dnd/data/codes.py"),
+    log:
+        "logs/train_transformer/{model}.log",
+    benchmark:
+        "results/benchmarks/train_transformer/{model}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        "OMP_NUM_THREADS={threads} {DND} train-transformer --name {wildcards.model} --params {params.cfg}"
+        " --codes {input.codes} --tokenizer {input.tokenizer} --out {output.model} > {log} 2>&1"
+
+
+rule sample_images:
+    input:
+        model=rules.train_transformer.output.model,
+        tokenizer=transformer_tokenizer,
+    output:
+        samples=directory("results/samples/{model}/{sampling}"),
+    params:
+        cfg=sampling_params,
+        code=code_version("dnd/transformer/generate.py", "dnd/transformer/kv_cache.py", "dnd/stages/sample.py"),
+    log:
+        "logs/sample_images/{model}/{sampling}.log",
+    benchmark:
+        "results/benchmarks/sample_images/{model}/{sampling}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        "OMP_NUM_THREADS={threads} {DND} sample --params {params.cfg} --model {input.model} --tokenizer {input.tokenizer}"
+        " --model-name {wildcards.model} --sampling-name {wildcards.sampling} --out {output.samples} > {log} 2>&1"
