@@ -29,10 +29,16 @@ class ClusterUnavailable(RuntimeError):
     """Why the test cluster cannot run here."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """Distinct ports free on loopback right now (all held open while choosing, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _node_memory_mb() -> int:
@@ -60,7 +66,7 @@ SlurmctldLogFile={root}/slurmctld.log
 SlurmdLogFile={root}/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
-# No cgroups in a container: plain process tracking, no task binding, nothing accounted.
+# No cgroups needed: plain process tracking, no task binding, nothing accounted.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -214,7 +220,8 @@ def start_cluster(cpus: int = 2, ready_timeout_s: float = 60) -> SlurmCluster:
     env = {**os.environ, **cluster.env}
     try:
         munge_socket = _start_munge(cluster)
-        conf.write_text(slurm_conf(root, munge_socket, _free_port(), _free_port(), cpus, max(_node_memory_mb(), 16000)))
+        ctld_port, slurmd_port = _free_ports(2)
+        conf.write_text(slurm_conf(root, munge_socket, ctld_port, slurmd_port, cpus, max(_node_memory_mb(), 16000)))
         _start(cluster, "slurmctld", ["slurmctld", "-D", "-i", "-f", str(conf)], env=env)
         cluster.wait_until(
             lambda: cluster.command("scontrol", "ping", check=False).stdout.find("UP") >= 0, ready_timeout_s, "slurmctld"

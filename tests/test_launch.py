@@ -238,6 +238,16 @@ def test_a_task_that_ends_without_result_fails_with_its_log(tmp_path, monkeypatc
     assert "1 of " in message and "99_1" in message and "CANCELLED" in message and "loading shard 1" in message
 
 
+def test_submitting_from_inside_a_job_drops_its_slurm_variables_but_not_the_cluster_config(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
+    monkeypatch.setenv("SLURM_CONF", "/etc/slurm/slurm.conf")
+    with slurm_backend.submission_env():
+        assert "SLURM_JOB_ID" not in os.environ and "SLURM_CPUS_PER_TASK" not in os.environ
+        assert os.environ["SLURM_CONF"] == "/etc/slurm/slurm.conf"
+    assert os.environ["SLURM_JOB_ID"] == "41"
+
+
 def test_log_follower_copies_complete_lines_once(tmp_path):
     import io
 

@@ -203,15 +203,17 @@ def test_an_interrupted_run_reattaches_to_its_job_instead_of_submitting_again(sl
     assert first.returncode != 0
     assert {state for i, (_, state) in slurm.jobs().items() if i.startswith(f"{submitted}_")} == {"PENDING"}
 
-    second = subprocess.Popen(_snakemake("make_text256"), cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    second_log = tmp_path / "second.log"
+    with open(second_log, "w") as output:
+        second = subprocess.Popen(_snakemake("make_text256"), cwd=workdir, stdout=output, stderr=subprocess.STDOUT)
     try:
         render_log = workdir / "logs" / "render_text_images.log"
         slurm.wait_until(lambda: render_log.exists() and "re-attaching" in render_log.read_text(), 120, "the rerun to re-attach")
         slurm.command("scancel", blocker)
-        _, stderr = second.communicate(timeout=180)
+        second.wait(180)
     finally:
         second.kill()
-    assert second.returncode == 0, stderr[-4000:]
+    assert second.returncode == 0, second_log.read_text()[-4000:]
     submissions = JobRecords(_render_work(workdir)).load()
     assert [s.job_id for s in submissions][0] == submitted and len(submissions) == 2  # layout array once, drawing array once
     ours = {i.split("_")[0] for i, (name, _) in slurm.jobs().items() if name == "dnd-render_text_images" and int(i.split("_")[0]) >= first_id}

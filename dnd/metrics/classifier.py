@@ -1,0 +1,198 @@
+"""A metric that needs no downloaded weights: the accuracy of a small CNN, trained by the pipeline on
+the real training images of the class-labelled set, on generated samples w.r.t. their intended labels.
+
+It answers "does the sample look like the class it was asked for?" and nothing about diversity or
+fidelity beyond that; it is not FID and no table presents it as such. Its accuracy on the real test
+split is the ceiling a perfect generator would reach, and is stored with the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from dnd.atomic import atomic_path
+from dnd.data.images import ImageShardDataset
+from dnd.data.shards import decode_png, iter_records, read_manifest
+from dnd.provenance import write_provenance
+from dnd.training import batch_indices, seed_everything
+
+log = logging.getLogger("dnd.classifier")
+
+DESCRIPTION = (
+    "accuracy of a small CNN trained by this pipeline on the real training images of the class-labelled set, "
+    "applied to the samples with their intended labels (not FID; no external weights)"
+)
+# PIL's "L" conversion (ITU-R 601-2 luma): RGB samples scored by a grayscale classifier.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass
+class ClassifierConfig:
+    steps: int = 600  # AdamW steps; ~1 pass over 1,450 digits every 23 steps at batch 64
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0  # initialisation and batch order: same seed, same weights
+    width: int = 16  # channels of the first conv; doubled after each pooling
+    weight_decay: float = 1e-4
+
+
+class SmallCNN(nn.Module):
+    """conv-relu-pool ×2, conv-relu, global average pool, linear: ~25k parameters at width 16."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, C, H, W) in [-1, 1] -> logits (B, K)."""
+        return self.head(self.features(images))
+
+
+@dataclass
+class TrainedClassifier:
+    network: SmallCNN
+    image_shape: tuple[int, int, int]  # (H, W, C) of the training images; samples must match H and W
+    classes: list[str]  # class names in label order
+    summary: dict[str, Any] = field(default_factory=dict)  # training figures, incl. real_test_accuracy
+
+
+def _image_shape(dataset_dir: Path, split: str) -> tuple[int, int, int]:
+    first = next(iter_records(dataset_dir, split, columns=["png"]), None)
+    if first is None:
+        raise FileNotFoundError(f"no {split!r} images in {dataset_dir}")
+    image = decode_png(first["png"])
+    return image.height, image.width, 1 if image.mode == "L" else 3
+
+
+def _labelled_batches(data: ImageShardDataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The whole split in order: (B, C, H, W) in [-1, 1], labels (B,)."""
+    for start in range(0, len(data), batch_size):
+        indices = range(start, min(start + batch_size, len(data)))
+        yield torch.stack([data[i] for i in indices]), torch.tensor([data.meta["label"][i] for i in indices])
+
+
+@torch.no_grad()
+def _split_scores(network: SmallCNN, data: ImageShardDataset) -> dict[str, float]:
+    network.eval()
+    probs, labels = [], []
+    for images, batch_labels in _labelled_batches(data, 256):
+        probs.append(network(images).softmax(dim=1).numpy())
+        labels.append(batch_labels.numpy())
+    scores = scores_from_probabilities(np.concatenate(probs), np.concatenate(labels))
+    return {"accuracy": scores["accuracy"], "confidence": scores["confidence"], "n": scores["n"]}
+
+
+def train_classifier(dataset_dir: Path, out: Path, cfg: ClassifierConfig) -> dict[str, Any]:
+    """Train on the train split of a class-labelled data set, score the real test split (the ceiling),
+    write the weights to `out` (+ provenance beside it) and return the summary."""
+    dataset_dir, out = Path(dataset_dir), Path(out)
+    classes = read_manifest(dataset_dir)["classes"]
+    height, width, channels = _image_shape(dataset_dir, "train")
+    train = ImageShardDataset([dataset_dir], "train", channels, resolution=None, columns=("label",))
+    test = ImageShardDataset([dataset_dir], "test", channels, resolution=None, columns=("label",))
+    seed_everything(cfg.seed)
+    network = SmallCNN(channels, len(classes), cfg.width)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    labels = torch.tensor(train.meta["label"])
+    start, loss = time.perf_counter(), torch.tensor(float("nan"))
+    network.train()
+    for step in range(cfg.steps):
+        indices = batch_indices(len(train), cfg.batch_size, cfg.seed, step)
+        images = torch.stack([train[int(i)] for i in indices])  # (B, C, H, W)
+        loss = F.cross_entropy(network(images), labels[indices])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    seconds = time.perf_counter() - start
+    real_test = _split_scores(network, test)
+    summary = {
+        "description": DESCRIPTION,
+        "classes": classes,
+        "image_shape": [height, width, channels],
+        "train_images": len(train),
+        "final_train_loss": float(loss),
+        "real_train_accuracy": _split_scores(network, train)["accuracy"],
+        "real_test_accuracy": real_test["accuracy"],  # the ceiling for samples
+        "real_test_confidence": real_test["confidence"],
+        "test_images": real_test["n"],
+        "train_seconds": seconds,
+        "config": asdict(cfg),
+    }
+    state = {"model": network.state_dict(), "in_channels": channels, "num_classes": len(classes), **summary}
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
+    write_provenance(out, "train_classifier", asdict(cfg), seed=cfg.seed, dataset=str(dataset_dir))
+    log.info("classifier: real test accuracy %.4f on %d images (train %.4f), %.1f s",
+             summary["real_test_accuracy"], real_test["n"], summary["real_train_accuracy"], seconds)
+    return summary
+
+
+def load_classifier(path: Path) -> TrainedClassifier:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    network = SmallCNN(state["in_channels"], state["num_classes"], state["config"]["width"])
+    network.load_state_dict(state["model"])
+    network.eval()
+    summary = {k: v for k, v in state.items() if k not in ("model", "in_channels", "num_classes")}
+    return TrainedClassifier(network, tuple(state["image_shape"]), list(state["classes"]), summary)
+
+
+def _as_network_input(classifier: TrainedClassifier, images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> (B, C', H, W) in [-1, 1] with the classifier's channel count C'."""
+    height, width, channels = classifier.image_shape
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:3] != (height, width):
+        raise ValueError(f"the classifier scores uint8 (B, {height}, {width}, C) images, got {images.dtype} {images.shape}")
+    pixels = images.astype(np.float32)
+    if channels == 1 and pixels.shape[-1] == 3:
+        pixels = pixels @ LUMA[:, None]  # gray repeated to RGB comes back unchanged
+    elif channels == 3 and pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    return torch.from_numpy(rearrange(pixels, "b h w c -> b c h w") / 127.5 - 1.0)
+
+
+@torch.no_grad()
+def predict_probabilities(classifier: TrainedClassifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """uint8 (N, H, W, C) -> class probabilities (N, K)."""
+    return np.concatenate([
+        classifier.network(_as_network_input(classifier, images[start : start + batch_size])).softmax(dim=1).numpy()
+        for start in range(0, len(images), batch_size)
+    ])
+
+
+def scores_from_probabilities(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """probs (N, K), intended labels (N,) -> accuracy, confidence (mean probability of the intended class),
+    per-class accuracy, and the entropy of the predicted-class histogram (log2 K when classes are balanced)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(probs) != len(labels) or len(labels) == 0:
+        raise ValueError(f"need one label per image, got {len(probs)} images and {len(labels)} labels")
+    predicted = probs.argmax(axis=1)
+    hits = predicted == labels
+    histogram = np.bincount(predicted, minlength=probs.shape[1]) / len(predicted)
+    nonzero = histogram[histogram > 0]
+    return {
+        "accuracy": float(hits.mean()),
+        "confidence": float(probs[np.arange(len(labels)), labels].mean()),
+        "per_class_accuracy": {int(c): float(hits[labels == c].mean()) for c in np.unique(labels)},
+        "predicted_class_entropy_bits": float(-(nonzero * np.log2(nonzero)).sum()),
+        "n": int(len(labels)),
+    }
+
+
+def classifier_scores(classifier: TrainedClassifier, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Scores of uint8 (N, H, W, C) images w.r.t. their intended labels (N,)."""
+    return scores_from_probabilities(predict_probabilities(classifier, images), labels)
