@@ -10,15 +10,23 @@ import argparse
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from dnd.config import ConfigError, load_config, subtree
 from dnd.logs import setup_logging
 from dnd.provenance import write_provenance
+from dnd.launch import Interrupted, TrainingTask, run_task
 from dnd.workarea import input_fingerprint, stage_work_dir
 
 log = logging.getLogger("dnd")
+
+
+def _fingerprint(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
+    """What besides the config keys a stage's work area: its inputs, and the version of its code
+    (`--code-version`, which the rules pass), so neither new data nor new code resumes stale state."""
+    return {"inputs": input_fingerprint(paths), "code": args.code_version}
 
 
 def _stage_config(args: argparse.Namespace, default_key: str) -> dict[str, Any]:
@@ -41,7 +49,7 @@ def cmd_render_text_images(args: argparse.Namespace) -> None:
     from dnd.stages.text_image import TextImageConfig, render_text_images
 
     raw = _stage_config(args, "data.text_image")
-    work = Path(args.work_dir) if args.work_dir else stage_work_dir("render_text_images", "text_image", raw, input_fingerprint([Path(args.chunks)]))
+    work = Path(args.work_dir) if args.work_dir else stage_work_dir("render_text_images", "text_image", raw, _fingerprint(args, [Path(args.chunks)]))
     render_text_images(TextImageConfig.from_dict(raw), Path(args.chunks), Path(args.out), work)
 
 
@@ -58,7 +66,7 @@ def cmd_rasterize_pdfs(args: argparse.Namespace) -> None:
     raw = _stage_config(args, "data.arxiv_image")
     if args.pdfs:
         raw = {**raw, "pdfs": args.pdfs}
-    inputs = input_fingerprint([Path(raw["pdfs"])])
+    inputs = _fingerprint(args, [Path(raw["pdfs"])])
     work = Path(args.work_dir) if args.work_dir else stage_work_dir("rasterize_pdfs", "arxiv_image", raw, inputs)
     rasterize_pdfs(ArxivImageConfig.from_dict(raw), Path(args.out), work)
 
@@ -69,7 +77,7 @@ def cmd_prepare_images(args: argparse.Namespace) -> None:
     raw = _stage_config(args, "data.classes")
     if args.root:
         raw = {**raw, "root": args.root}
-    inputs = input_fingerprint([Path(raw["root"])])
+    inputs = _fingerprint(args, [Path(raw["root"])])
     work = Path(args.work_dir) if args.work_dir else stage_work_dir("prepare_images", "classes", raw, inputs)
     prepare_images(ClassesConfig.from_dict(raw), Path(args.out), work)
 
@@ -95,8 +103,9 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
 
     raw = _stage_config(args, f"tokenizers.{args.name}")
     datasets = [Path(d) for d in args.datasets]
-    work = Path(args.work_dir) if args.work_dir else stage_work_dir("train_tokenizer", args.name, raw, input_fingerprint(datasets))
-    train_tokenizer(TokenizerSpec.from_dict(args.name, raw), datasets, Path(args.out), work)
+    work = Path(args.work_dir) if args.work_dir else stage_work_dir("train_tokenizer", args.name, raw, _fingerprint(args, datasets))
+    spec = TokenizerSpec.from_dict(args.name, raw)
+    run_task("train_tokenizer", TrainingTask(train_tokenizer, (spec, datasets, Path(args.out), work), work), work)
 
 
 def cmd_evaluate_reconstruction(args: argparse.Namespace) -> None:
@@ -107,14 +116,15 @@ def cmd_evaluate_reconstruction(args: argparse.Namespace) -> None:
     tokenizer = None if args.tokenizer == ORIGINAL else Path(args.tokenizer)
     names = {"tokenizer": args.tokenizer_name or (ORIGINAL if tokenizer is None else tokenizer.parent.name),
              "testset": args.testset_name or Path(args.testset).name}
-    evaluate_reconstruction(tokenizer, Path(args.testset), Path(args.out), cfg, names)
+    work = stage_work_dir("evaluate_reconstruction", f"{names['tokenizer']}-{names['testset']}", raw, _fingerprint(args, [Path(args.testset), *([tokenizer] if tokenizer else [])]))
+    run_task("evaluate_reconstruction", partial(evaluate_reconstruction, tokenizer, Path(args.testset), Path(args.out), cfg, names), work)
 
 
 def cmd_tokenize_images(args: argparse.Namespace) -> None:
     from dnd.stages.tokenize import tokenize_images
 
     raw = {"tokenizer": args.tokenizer, "dataset": args.dataset, "batch_size": args.batch_size}
-    inputs = input_fingerprint([Path(args.tokenizer), Path(args.dataset)])
+    inputs = _fingerprint(args, [Path(args.tokenizer), Path(args.dataset)])
     work = Path(args.work_dir) if args.work_dir else stage_work_dir("tokenize_images", Path(args.tokenizer).parent.name, raw, inputs)
     tokenize_images(Path(args.tokenizer), Path(args.tokenizer).parent.name, Path(args.dataset), Path(args.out), work, args.batch_size)
 
@@ -144,16 +154,18 @@ def cmd_train_transformer(args: argparse.Namespace) -> None:
     from dnd.transformer.train import TransformerSpec, train_transformer
 
     raw = _stage_config(args, f"transformers.{args.name}")
-    inputs = input_fingerprint([Path(args.codes), Path(args.tokenizer)])
+    inputs = _fingerprint(args, [Path(args.codes), Path(args.tokenizer)])
     work = Path(args.work_dir) if args.work_dir else stage_work_dir("train_transformer", args.name, raw, inputs)
-    train_transformer(TransformerSpec.from_dict(args.name, raw), Path(args.codes), Path(args.out), work, Path(args.tokenizer))
+    spec = TransformerSpec.from_dict(args.name, raw)
+    task = TrainingTask(train_transformer, (spec, Path(args.codes), Path(args.out), work, Path(args.tokenizer)), work)
+    run_task("train_transformer", task, work)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from dnd.stages.sample import SampleSpec, sample_images
 
     raw = _stage_config(args, f"sampling.{args.sampling_name}")
-    inputs = input_fingerprint([Path(args.model), Path(args.tokenizer)])
+    inputs = _fingerprint(args, [Path(args.model), Path(args.tokenizer)])
     work = Path(args.work_dir) if args.work_dir else stage_work_dir("sample_images", f"{args.model_name}-{args.sampling_name}", raw, inputs)
     names = {"model": args.model_name, "sampling": args.sampling_name}
     sample_images(Path(args.model), Path(args.tokenizer), SampleSpec.from_dict(raw), Path(args.out), work, names)
@@ -301,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         source.add_argument("--configfile", help="a config YAML; validated, the stage's subtree is used")
         stage.add_argument("--key", help="dotted key of the subtree in --configfile (default: the stage's own)")
         stage.add_argument("--log", help="append log lines to this file too")
+        stage.add_argument("--code-version", help="a hash of the stage's code (the rules pass it): part of the work-area key")
         for flag, kwargs in options:
             stage.add_argument(flag, **kwargs)
         stage.set_defaults(func=func)
@@ -315,4 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"dnd {args.command}: {err}", file=sys.stderr)
         return 2
+    except Interrupted as stopped:  # checkpointed on a signal: the exit status says which, a rerun resumes
+        log.warning("%s", stopped)
+        return 128 + (stopped.signals[0] if stopped.signals else 15)
     return 0

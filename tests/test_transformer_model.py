@@ -169,6 +169,13 @@ def test_depth_conditioning_rule(variant):
         torch.testing.assert_close(after[:, 1], before[:, 1], rtol=0, atol=1e-6)
 
 
+def test_bf16_model_keeps_fp32_rotary_and_samples():
+    model = make_model("dnd").to(torch.bfloat16)
+    assert model.rotary.dtype == torch.float32 and model.tok_embeddings.weight.dtype == torch.bfloat16
+    codes = generate(model, torch.tensor([0, 1]), SamplingConfig(cfg_scale=2.0))
+    assert codes.shape == (2, GRID, GRID, 2) and int(codes.max()) < VOCAB
+
+
 def test_low_temperature_is_greedy_and_seeds_matter():
     model = make_model("dnd")
     labels = torch.tensor([0, 1, 2])

@@ -20,7 +20,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from dnd.atomic import atomic_path, write_json
 from dnd.data.images import ImageShardDataset, to_uint8
-from dnd.training import Checkpointer, Progress, StopSignal, batch_indices, rng_state, seed_everything, set_rng_state
+from dnd.training import Checkpointer, Progress, batch_indices, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("dnd.baselines.ddpm")
 
@@ -216,7 +216,8 @@ class _StepSampler(torch.utils.data.Sampler):
         return max(0, self.cfg.steps - self.start)
 
 
-def train_ddpm(cfg: DDPMConfig, datasets: list[Path], out: Path, work_dir: Path) -> dict[str, Any]:
+def train_ddpm(cfg: DDPMConfig, datasets: list[Path], out: Path, work_dir: Path, should_stop: Callable[[], bool] = lambda: False
+) -> dict[str, Any] | None:
     """Train on the train split of `datasets`; write `out` (model.pt) and `train_summary.json` beside it."""
     device = _device()
     seed_everything(cfg.seed)
@@ -248,29 +249,29 @@ def train_ddpm(cfg: DDPMConfig, datasets: list[Path], out: Path, work_dir: Path)
     progress = Progress(cfg.steps, start)
     model.train()
     loss_value = float("nan")
-    with StopSignal() as stop:
-        for step, images in enumerate(loader, start=start):
-            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))  # a function of step: nothing to resume
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            generator = torch.Generator().manual_seed(derived_seed(cfg.seed, step))
-            optimizer.zero_grad(set_to_none=True)
-            loss_value = accumulate_gradients(model, scheduler, images.to(device, non_blocking=True), generator, cfg.micro_batch_size)
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            update_ema(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
-            done = step + 1
-            progress.update(done, {"loss": loss_value})
-            writer.add_scalar("train/loss", loss_value, done)
-            writer.add_scalar("train/lr", lr, done)
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop.received is not None:
-                checkpoints.save(snapshot(done))
-            if stop.received is not None:
-                progress.close()
-                writer.close()
-                log.warning("stopped by signal %d at step %d; rerun to resume", stop.received, done)
-                raise SystemExit(128 + stop.received)
+    for step, images in enumerate(loader, start=start):
+        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))  # a function of step: nothing to resume
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        generator = torch.Generator().manual_seed(derived_seed(cfg.seed, step))
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = accumulate_gradients(model, scheduler, images.to(device, non_blocking=True), generator, cfg.micro_batch_size)
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        update_ema(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        done = step + 1
+        progress.update(done, {"loss": loss_value})
+        writer.add_scalar("train/loss", loss_value, done)
+        writer.add_scalar("train/lr", lr, done)
+        stopping = should_stop()
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
+            checkpoints.save(snapshot(done))
+        if stopping:
+            progress.close()
+            writer.close()
+            log.warning("stopped at step %d on a signal; its checkpoint resumes the run", done)
+            return None
     progress.close()
     writer.close()
 

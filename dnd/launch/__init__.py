@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from dnd.launch.calls import RecordedCall, ResultStore, recorded_call, shard_key, task_key
-from dnd.launch.checkpointable import CheckpointableTask, Interrupted
+from dnd.launch.checkpointable import CheckpointableTask, Interrupted, TrainingTask
 from dnd.launch.distributed import DistributedInfo, init_distributed
 from dnd.launch.local import run_local
 from dnd.launch.settings import LAUNCH_ENV, LaunchSettings, launch_settings, settings_for, stage_settings
 from dnd.launch.slurm import SlurmJobFailed, SlurmLauncher
 
 __all__ = [
-    "LAUNCH_ENV", "CheckpointableTask", "DistributedInfo", "Interrupted", "LaunchSettings", "SlurmJobFailed",
+    "LAUNCH_ENV", "CheckpointableTask", "DistributedInfo", "Interrupted", "LaunchSettings", "SlurmJobFailed", "TrainingTask",
     "init_distributed", "launch_settings", "map_shards", "run_task", "stage_settings",
 ]
 

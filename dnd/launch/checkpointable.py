@@ -47,6 +47,10 @@ _Handler = Callable[[int, Any], Any] | int | None
 class Interrupted(RuntimeError):
     """The run stopped early on a signal, after saving its checkpoint."""
 
+    def __init__(self, message: str, signals: list[int]):
+        super().__init__(message)
+        self.signals = signals
+
 
 def _preemption_signal() -> signal.Signals:
     from submitit import JobEnvironment
@@ -131,7 +135,7 @@ class CheckpointableTask(Checkpointable):
         if preemption in signals.received and callable(handler):
             handler(preemption, None)  # submitit: checkpoint() → resubmission saved → requeue → exit
         names = ", ".join(signal.Signals(s).name for s in signals.received)
-        raise Interrupted(f"{type(self).__name__} stopped on {names}; its checkpoint is {self.checkpoint_path}")
+        raise Interrupted(f"{type(self).__name__} stopped on {names}; rerun to resume from its checkpoint", signals.received)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """The same task again: its progress is in `checkpoint.pt`, not in this object."""
@@ -143,3 +147,19 @@ class CheckpointableTask(Checkpointable):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._signals = None
+
+
+class TrainingTask(CheckpointableTask):
+    """A resumable training function under the launcher: `fn(*args, should_stop=...)`.
+
+    The trainers of this project (tokenizer, transformer, DDPM) keep their own checkpoints in their
+    work area and return None, after saving, once `should_stop()` turns true; this wrapper gives
+    them the launcher's signal flag, so the same code runs in-process, under SLURM, and requeued.
+    """
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], work_dir: Path):
+        super().__init__(work_dir)
+        self.fn, self.args = fn, args
+
+    def run(self) -> Any:
+        return self.fn(*self.args, should_stop=lambda: self.stop_requested)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Sequence
@@ -23,6 +24,7 @@ def run_local(calls: Sequence[RecordedCall], settings: LaunchSettings) -> None:
         for call in calls:
             call()
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # "spawn", not fork: a parent that has used torch (OpenMP/MKL thread pools) can deadlock a forked child.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for future in [pool.submit(call) for call in calls]:
             future.result()

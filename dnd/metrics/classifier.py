@@ -9,6 +9,7 @@ split is the ceiling a perfect generator would reach, and is stored with the wei
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,23 +39,33 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 @dataclass
 class ClassifierConfig:
-    steps: int = 600  # AdamW steps; ~1 pass over 1,450 digits every 23 steps at batch 64
+    steps: int = 250  # AdamW steps (~11 passes over 1,450 digits at batch 64: ~15 s on one core)
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 3e-3  # peak; cosine decay to 0 over `steps`
     seed: int = 0  # initialisation and batch order: same seed, same weights
     width: int = 16  # channels of the first conv; doubled after each pooling
     weight_decay: float = 1e-4
 
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"classifier steps and batch_size must be positive, got {self.steps}, {self.batch_size}")
+
 
 class SmallCNN(nn.Module):
-    """conv-relu-pool ×2, conv-relu, global average pool, linear: ~25k parameters at width 16."""
+    """(conv-BN-ReLU-pool) ×2, conv-BN-ReLU, global average pool, linear: ~24k parameters at width 16.
+
+    BatchNorm makes a few hundred steps enough (without it the same budget reaches ~75 % on digits)."""
 
     def __init__(self, in_channels: int, num_classes: int, width: int):
         super().__init__()
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(),
+            *block(in_channels, width), nn.MaxPool2d(2),
+            *block(width, 2 * width), nn.MaxPool2d(2),
+            *block(2 * width, 4 * width),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.head = nn.Linear(4 * width, num_classes)
@@ -109,8 +120,9 @@ def train_classifier(dataset_dir: Path, out: Path, cfg: ClassifierConfig) -> dic
     seed_everything(cfg.seed)
     network = SmallCNN(channels, len(classes), cfg.width)
     optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
     labels = torch.tensor(train.meta["label"])
-    start, loss = time.perf_counter(), torch.tensor(float("nan"))
+    start = time.perf_counter()
     network.train()
     for step in range(cfg.steps):
         indices = batch_indices(len(train), cfg.batch_size, cfg.seed, step)
@@ -119,6 +131,7 @@ def train_classifier(dataset_dir: Path, out: Path, cfg: ClassifierConfig) -> dic
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
     seconds = time.perf_counter() - start
     real_test = _split_scores(network, test)
     summary = {
@@ -126,7 +139,7 @@ def train_classifier(dataset_dir: Path, out: Path, cfg: ClassifierConfig) -> dic
         "classes": classes,
         "image_shape": [height, width, channels],
         "train_images": len(train),
-        "final_train_loss": float(loss),
+        "final_train_loss": loss.item(),
         "real_train_accuracy": _split_scores(network, train)["accuracy"],
         "real_test_accuracy": real_test["accuracy"],  # the ceiling for samples
         "real_test_confidence": real_test["confidence"],

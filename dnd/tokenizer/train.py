@@ -15,7 +15,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -24,7 +24,7 @@ from dnd.atomic import atomic_path, write_json
 from dnd.data.images import ImageShardDataset, to_pil, to_uint8
 from dnd.tokenizer.losses import TokenizerLoss, TokenizerLossConfig
 from dnd.tokenizer.rqvae import RQVAE, RQVAEConfig, rqvae_config
-from dnd.training import Checkpointer, Progress, StopSignal, batch_indices, rng_state, seed_everything, set_rng_state
+from dnd.training import Checkpointer, Progress, batch_indices, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("dnd.tokenizer.train")
 
@@ -123,7 +123,8 @@ def recon_grid(model: RQVAE, images: torch.Tensor, path: Path) -> None:
         to_pil(to_uint8(grid[None])[0]).save(tmp, format="PNG")
 
 
-def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_dir: Path) -> dict[str, Any]:
+def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_dir: Path, should_stop: Callable[[], bool] = lambda: False
+) -> dict[str, Any] | None:
     cfg = spec.train
     device = _device()
     seed_everything(cfg.seed)
@@ -173,47 +174,47 @@ def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_d
     progress = Progress(cfg.steps, start)
     model.train()
     step = start
-    with StopSignal() as stop:
-        for step, images in enumerate(loader, start=start):
-            images = images.to(device, non_blocking=True)
-            quantize = step >= cfg.warmup_steps
-            if quantize and spec.model.codebook_init == "depth_by_depth" and not bool(model.quantizer.initialized):
-                model.init_codebook_depth_by_depth(images)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                recon, aux = model(images, quantize=quantize)
-            loss, terms = loss_fn.generator_loss(images, recon.float(), aux.commitment_loss, model.last_layer, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            if disc_optimizer is not None and loss_fn.gan_active(step):
-                disc_loss, disc_terms = loss_fn.discriminator_loss(images, recon, step)
-                disc_optimizer.zero_grad(set_to_none=True)
-                disc_loss.backward()
-                disc_optimizer.step()
-                terms |= disc_terms
-            done = step + 1
-            metrics = {k: float(v) for k, v in terms.items()}
-            progress.update(done, {k: metrics[k] for k in ("total", "l2") if k in metrics})
-            for key, value in metrics.items():
-                writer.add_scalar(f"train/{key}", value, done)
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                val = validate(model, loss_fn, val_images, done)
-                for key, value in val.items():
-                    writer.add_scalar(key, value, done)
-                log.info("step %d validation %s", done, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
-                recon_grid(model, val_images[:8], work_dir / "recon" / f"step-{done:07d}.png")
-                if quantize and val["val/total"] < best:
-                    best = val["val/total"]
-                    checkpoints.save(snapshot(done), checkpoints.best)
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop.received is not None:
-                checkpoints.save(snapshot(done))
-            if stop.received is not None:
-                progress.close()
-                writer.close()
-                log.warning("stopped by signal %d at step %d; rerun to resume", stop.received, done)
-                raise SystemExit(128 + stop.received)
+    for step, images in enumerate(loader, start=start):
+        images = images.to(device, non_blocking=True)
+        quantize = step >= cfg.warmup_steps
+        if quantize and spec.model.codebook_init == "depth_by_depth" and not bool(model.quantizer.initialized):
+            model.init_codebook_depth_by_depth(images)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            recon, aux = model(images, quantize=quantize)
+        loss, terms = loss_fn.generator_loss(images, recon.float(), aux.commitment_loss, model.last_layer, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        if disc_optimizer is not None and loss_fn.gan_active(step):
+            disc_loss, disc_terms = loss_fn.discriminator_loss(images, recon, step)
+            disc_optimizer.zero_grad(set_to_none=True)
+            disc_loss.backward()
+            disc_optimizer.step()
+            terms |= disc_terms
+        done = step + 1
+        metrics = {k: float(v) for k, v in terms.items()}
+        progress.update(done, {k: metrics[k] for k in ("total", "l2") if k in metrics})
+        for key, value in metrics.items():
+            writer.add_scalar(f"train/{key}", value, done)
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            val = validate(model, loss_fn, val_images, done)
+            for key, value in val.items():
+                writer.add_scalar(key, value, done)
+            log.info("step %d validation %s", done, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
+            recon_grid(model, val_images[:8], work_dir / "recon" / f"step-{done:07d}.png")
+            if quantize and val["val/total"] < best:
+                best = val["val/total"]
+                checkpoints.save(snapshot(done), checkpoints.best)
+        stopping = should_stop()
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
+            checkpoints.save(snapshot(done))
+        if stopping:
+            progress.close()
+            writer.close()
+            log.warning("stopped at step %d on a signal; its checkpoint resumes the run", done)
+            return None
     progress.close()
     writer.close()
 

@@ -95,9 +95,15 @@ def infer_config(
     variant: str | None,
 ) -> TransformerConfig:
     """Our config from tensor shapes, then keyword arguments, then their training args."""
-    for required in ("tok_embeddings.weight", "cls_embedding.embedding_table.weight", "layers.0.attention.wqkv.weight"):
-        if required not in state:
-            raise KeyError(f"not an authors' transformer checkpoint: no {required!r}")
+    required = (
+        "tok_embeddings.weight",
+        "cls_embedding.embedding_table.weight",
+        "layers.0.attention.wqkv.weight",
+        "layers.0.feed_forward.w1.weight",
+    )
+    for key in required:
+        if key not in state:
+            raise KeyError(f"not an authors' transformer checkpoint: no {key!r}")
     if args.get("gpt_type", "c2i") != "c2i" or int(args.get("cls_token_num", 1)) != 1:
         raise ValueError("only class-conditional checkpoints with one class token (gpt_type c2i) are supported")
     vocab_size, dim = state["tok_embeddings.weight"].shape

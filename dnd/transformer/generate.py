@@ -146,7 +146,7 @@ def forward_and_sample(
         code = sample_codes(last, rules[depth], None if gumbel is None else gumbel[depth])  # (B,)
         picked.append(code)
         new = (torch.cat([code, code]) if guided else code)[:, None]  # (B2, 1)
-        if known_codes.shape[1] == 0:  # decoding with the cache: x is this one position
+        if known_codes.shape[1] == 0:  # x holds just this position's input token
             return new
         return torch.cat([known_codes[:, :, depth], new], dim=1)  # (B2, T)
 

@@ -16,7 +16,7 @@ Variants (one config switch, `variant`):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -80,7 +80,7 @@ class TransformerConfig:
     variant: Variant = "dnd"
     # 0-based block index each head sits after, one per depth; None = all after the last block for
     # "parallel", else `default_head_layers(n_layer, depth)`.
-    head_layers: list[int] | None = field(default=None)
+    head_layers: list[int] | None = None
     initializer_range: float = 0.02  # std of the normal init of linears and embeddings
 
     def __post_init__(self) -> None:
@@ -282,6 +282,13 @@ class Transformer(nn.Module):
         for head in self.heads:
             nn.init.zeros_(head.output.weight)
 
+    def _apply(self, fn, recurse: bool = True):
+        # Casting the model (e.g. to bf16) moves the rotary table but keeps it fp32, as LlamaGen's.
+        rotary = self.rotary
+        super()._apply(fn, recurse)
+        self.rotary = rotary.to(self.rotary.device)
+        return self
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -328,6 +335,9 @@ class Transformer(nn.Module):
 
     def forward(self, codes: Tensor, labels: Tensor | None = None) -> Tensor:
         """Teacher-forced logits (B, N, D, V) for code maps (B, h, w, D) and class labels (B,)."""
+        expected = (self.config.grid_size, self.config.grid_size, self.config.depth)
+        if tuple(codes.shape[1:]) != expected:
+            raise ValueError(f"code maps must have shape (B, h, w, D) = (B, *{expected}), got {tuple(codes.shape)}")
         seq = rearrange(codes, "b h w d -> b (h w) d")
         x = torch.cat([self.embed_labels(labels, seq.shape[0]), self.embed_codes(seq[:, :-1])], dim=1)
         logits = self.forward_tokens(x, lambda depth, _: seq[:, :, depth])

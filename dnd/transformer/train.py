@@ -14,7 +14,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ import torch
 from dnd.atomic import atomic_path, write_json
 from dnd.data.codes import CodeMapDataset, code_shards
 from dnd.transformer.model import Transformer, TransformerConfig
-from dnd.training import Checkpointer, Progress, StopSignal, batch_indices, rng_state, seed_everything, set_rng_state
+from dnd.training import Checkpointer, Progress, batch_indices, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("dnd.transformer.train")
 
@@ -123,7 +123,8 @@ def validate(model: Transformer, dataset: CodeMapDataset, cfg: TransformerTrainC
     return out
 
 
-def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_dir: Path, tokenizer: Path | None = None) -> dict[str, Any]:
+def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_dir: Path, tokenizer: Path | None = None, should_stop: Callable[[], bool] = lambda: False
+) -> dict[str, Any] | None:
     cfg = spec.train
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seed_everything(cfg.seed)
@@ -159,45 +160,45 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
              spec.name, model.config.variant, model.num_params() / 1e6, num_classes, len(train_set),
              train_set.info.height, train_set.info.width, train_set.info.depth)
     model.train()
-    with StopSignal() as stop:
-        for step in range(start, cfg.steps):
-            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            codes, labels = _batch(train_set, batch_indices(len(train_set), cfg.batch_size, cfg.seed, step), device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss, per_depth = model.loss(codes, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            if ema is not None:
-                with torch.no_grad():
-                    for target, source in zip(ema.parameters(), model.parameters()):
-                        target.lerp_(source, 1.0 - cfg.ema_decay)
-            done = step + 1
-            metrics = {"loss": float(loss), "grad_norm": float(grad_norm), "lr": lr}
-            metrics |= {f"loss_depth{d + 1}": float(v) for d, v in enumerate(per_depth)}
-            progress.update(done, {"loss": metrics["loss"]})
-            for key, value in metrics.items():
-                writer.add_scalar(f"train/{key}", value, done)
-            if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-                val = validate(ema or model, val_set, cfg, device)
-                for key, value in val.items():
-                    writer.add_scalar(key, value, done)
-                log.info("step %d validation %s", done, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
-                if val["val/loss"] < best:
-                    best = val["val/loss"]
-                    checkpoints.save(snapshot(done), checkpoints.best)
-                if tokenizer is not None:
-                    sample_grid(ema or model, tokenizer, work_dir / "samples" / f"step-{done:07d}.png", cfg.seed)
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop.received is not None:
-                checkpoints.save(snapshot(done))
-            if stop.received is not None:
-                progress.close()
-                writer.close()
-                log.warning("stopped by signal %d at step %d; rerun to resume", stop.received, done)
-                raise SystemExit(128 + stop.received)
+    for step in range(start, cfg.steps):
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        codes, labels = _batch(train_set, batch_indices(len(train_set), cfg.batch_size, cfg.seed, step), device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, per_depth = model.loss(codes, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                for target, source in zip(ema.parameters(), model.parameters()):
+                    target.lerp_(source, 1.0 - cfg.ema_decay)
+        done = step + 1
+        metrics = {"loss": float(loss), "grad_norm": float(grad_norm), "lr": lr}
+        metrics |= {f"loss_depth{d + 1}": float(v) for d, v in enumerate(per_depth)}
+        progress.update(done, {"loss": metrics["loss"]})
+        for key, value in metrics.items():
+            writer.add_scalar(f"train/{key}", value, done)
+        if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+            val = validate(ema or model, val_set, cfg, device)
+            for key, value in val.items():
+                writer.add_scalar(key, value, done)
+            log.info("step %d validation %s", done, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
+            if val["val/loss"] < best:
+                best = val["val/loss"]
+                checkpoints.save(snapshot(done), checkpoints.best)
+            if tokenizer is not None:
+                sample_grid(ema or model, tokenizer, work_dir / "samples" / f"step-{done:07d}.png", cfg.seed)
+        stopping = should_stop()
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
+            checkpoints.save(snapshot(done))
+        if stopping:
+            progress.close()
+            writer.close()
+            log.warning("stopped at step %d on a signal; its checkpoint resumes the run", done)
+            return None
     progress.close()
     writer.close()
 

@@ -14,7 +14,7 @@ rule extract_wiki_text:
     benchmark:
         "results/benchmarks/extract_wiki_text.tsv"
     shell:
-        "{DND} extract-wiki-text --params {params.cfg} --out {output.chunks} > {log} 2>&1"
+        "{DND} extract-wiki-text --code-version {params.code} --params {params.cfg} --out {output.chunks} > {log} 2>&1"
 
 
 rule render_text_images:
@@ -31,7 +31,7 @@ rule render_text_images:
         "results/benchmarks/render_text_images.tsv"
     threads: workflow.cores
     shell:
-        "DND_WORKERS={threads} {DND} render-text-images --params {params.cfg} --chunks {input.chunks} --out {output.images} > {log} 2>&1"
+        "DND_WORKERS={threads} {DND} render-text-images --code-version {params.code} --params {params.cfg} --chunks {input.chunks} --out {output.images} > {log} 2>&1"
 
 
 rule make_text256:
@@ -45,7 +45,7 @@ rule make_text256:
     log:
         "logs/make_text256.log",
     shell:
-        "{DND} resize-images --params {params.cfg} --images {input.images} --out {output.images} > {log} 2>&1"
+        "{DND} resize-images --code-version {params.code} --params {params.cfg} --images {input.images} --out {output.images} > {log} 2>&1"
 
 
 # ------------------------------------------------------------------ arXiv-Image (PDF pages rasterized with PyMuPDF)
@@ -60,7 +60,7 @@ rule write_demo_pdfs:
     log:
         "logs/write_demo_pdfs.log",
     shell:
-        "{DND} write-demo-pdfs --params {params.cfg} --out {output.pdfs} > {log} 2>&1"
+        "{DND} write-demo-pdfs --code-version {params.code} --params {params.cfg} --out {output.pdfs} > {log} 2>&1"
 
 
 rule rasterize_pdfs:
@@ -77,7 +77,7 @@ rule rasterize_pdfs:
         "results/benchmarks/rasterize_pdfs.tsv"
     threads: workflow.cores
     shell:
-        "DND_WORKERS={threads} {DND} rasterize-pdfs --params {params.cfg} --pdfs {input.pdfs} --out {output.images} > {log} 2>&1"
+        "DND_WORKERS={threads} {DND} rasterize-pdfs --code-version {params.code} --params {params.cfg} --pdfs {input.pdfs} --out {output.images} > {log} 2>&1"
 
 
 # ------------------------------------------------------------------ class-labelled images (ImageNet layout)
@@ -92,7 +92,7 @@ rule write_demo_digits:
     log:
         "logs/write_demo_digits.log",
     shell:
-        "{DND} write-demo-digits --params {params.cfg} --out {output.root} > {log} 2>&1"
+        "{DND} write-demo-digits --code-version {params.code} --params {params.cfg} --out {output.root} > {log} 2>&1"
 
 
 rule prepare_images:
@@ -109,4 +109,4 @@ rule prepare_images:
         "results/benchmarks/prepare_images.tsv"
     threads: workflow.cores
     shell:
-        "DND_WORKERS={threads} {DND} prepare-images --params {params.cfg} --root {input.root} --out {output.images} > {log} 2>&1"
+        "DND_WORKERS={threads} {DND} prepare-images --code-version {params.code} --params {params.cfg} --root {input.root} --out {output.images} > {log} 2>&1"

@@ -23,7 +23,7 @@ rule train_tokenizer:
     resources:
         gpu=1,
     shell:
-        "OMP_NUM_THREADS={threads} {DND} train-tokenizer --name {wildcards.tokenizer} --params {params.cfg} --datasets {input.datasets} --out {output.model} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {DND} train-tokenizer --code-version {params.code} --name {wildcards.tokenizer} --params {params.cfg} --datasets {input.datasets} --out {output.model} > {log} 2>&1"
 
 
 rule evaluate_reconstruction:
@@ -42,7 +42,7 @@ rule evaluate_reconstruction:
         "results/benchmarks/evaluate_reconstruction/{tokenizer}/{testset}.tsv"
     threads: 1
     shell:
-        "OMP_NUM_THREADS={threads} {DND} evaluate-reconstruction --params {params.cfg} --tokenizer {params.tokenizer} --tokenizer-name {wildcards.tokenizer}"
+        "OMP_NUM_THREADS={threads} {DND} evaluate-reconstruction --code-version {params.code} --params {params.cfg} --tokenizer {params.tokenizer} --tokenizer-name {wildcards.tokenizer}"
         " --testset {input.testset} --testset-name {wildcards.testset} --out {output.metrics} > {log} 2>&1"
 
 
@@ -60,7 +60,7 @@ rule tokenize_images:
         "results/benchmarks/tokenize_images/{tokenizer}/{dataset}.tsv"
     threads: workflow.cores
     shell:
-        "DND_WORKERS={threads} {DND} tokenize-images --tokenizer {input.tokenizer} --dataset {input.dataset} --out {output.codes} > {log} 2>&1"
+        "DND_WORKERS={threads} {DND} tokenize-images --code-version {params.code} --tokenizer {input.tokenizer} --dataset {input.dataset} --out {output.codes} > {log} 2>&1"
 
 
 rule make_table1a:

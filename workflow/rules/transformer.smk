@@ -23,7 +23,7 @@ rule train_transformer:
     resources:
         gpu=1,
     shell:
-        "OMP_NUM_THREADS={threads} {DND} train-transformer --name {wildcards.model} --params {params.cfg}"
+        "OMP_NUM_THREADS={threads} {DND} train-transformer --code-version {params.code} --name {wildcards.model} --params {params.cfg}"
         " --codes {input.codes} --tokenizer {input.tokenizer} --out {output.model} > {log} 2>&1"
 
 
@@ -44,5 +44,5 @@ rule sample_images:
     resources:
         gpu=1,
     shell:
-        "OMP_NUM_THREADS={threads} {DND} sample --params {params.cfg} --model {input.model} --tokenizer {input.tokenizer}"
+        "OMP_NUM_THREADS={threads} {DND} sample --code-version {params.code} --params {params.cfg} --model {input.model} --tokenizer {input.tokenizer}"
         " --model-name {wildcards.model} --sampling-name {wildcards.sampling} --out {output.samples} > {log} 2>&1"

@@ -1,0 +1,200 @@
+"""Tables 2 and 3 (class-conditional generation) from the metrics JSONs of `evaluate_generation`.
+
+Same conventions as `dnd.tables`: one row per (model, cfg scale) or per variant, `n/a` where a metric
+cannot run, a `note` column saying why. `demo_classifier_acc` / `demo_classifier_conf` are the accuracy
+and mean intended-class probability of a small CNN trained on the real training images, applied to the
+samples: a weight-free stand-in that says whether samples look like their class, not FID. Which
+evaluator, Inception weights and reference batch each number used: `row_provenance`, for the table's
+provenance record.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from dnd.atomic import atomic_path
+from dnd.metrics.inception import WEIGHTS_SETTING
+from dnd.tables import NA
+
+VARIANT_ORDER = ("1d", "parallel", "vertical", "dnd")  # the paper's Table 3 row order
+# Table 3 of the paper, best first by FID (2.58 / 3.18 / 4.12 / 6.32; IS ranks them the same way).
+PAPER_ORDER = ("dnd", "vertical", "1d", "parallel")
+CLASSIFIER_ACC = "demo_classifier_acc"
+CLASSIFIER_CONF = "demo_classifier_conf"
+LOWER_IS_BETTER = {"FID": True, "IS": False, "precision": False, "recall": False, CLASSIFIER_ACC: False, CLASSIFIER_CONF: False}
+METRIC_COLUMNS = ["FID", "IS", "precision", "recall", CLASSIFIER_ACC, CLASSIFIER_CONF]
+TABLE2_COLUMNS = ["model", "params", "cfg", *METRIC_COLUMNS, "n_samples", "note"]
+TABLE3_COLUMNS = ["variant", "model", "params", "cfg", *METRIC_COLUMNS, "n_samples", "note"]
+FID_NA_NO_WEIGHTS = f"FID/IS/precision/recall n/a: no Inception weights configured ({WEIGHTS_SETTING}; the metrics JSON says more)"
+AXIS_LABELS = {
+    "FID": "FID vs the training set (lower is better)",
+    CLASSIFIER_ACC: "accuracy of a CNN trained on\nthe real training images\n(FID n/a; higher is better)",
+}
+
+
+def _load(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    return [json.loads(Path(p).read_text()) for p in paths]
+
+
+def _number(value: float | None, digits: int) -> str:
+    return NA if value is None else f"{value:.{digits}f}"
+
+
+def format_params(count: int | None) -> str:
+    """1_400_000_000 -> "1.4B", 2_345_678 -> "2.3M", 85_000 -> "85.0K" (the paper writes 1.4B, 675M)."""
+    if count is None:
+        return NA
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= scale:
+            return f"{count / scale:.1f}{suffix}"
+    return str(count)
+
+
+def _metric_cells(m: dict[str, Any]) -> dict[str, str]:
+    classifier = m.get("classifier") or {}
+    return {
+        "FID": _number(m.get("fid"), 2),
+        "IS": _number(m.get("is"), 1),
+        "precision": _number(m.get("precision"), 2),
+        "recall": _number(m.get("recall"), 2),
+        CLASSIFIER_ACC: _number(classifier.get("accuracy"), 3),
+        CLASSIFIER_CONF: _number(classifier.get("confidence"), 3),
+    }
+
+
+def _automatic_note(m: dict[str, Any]) -> str:
+    """Why cells are n/a, and the classifier's ceiling (its accuracy on real test images)."""
+    parts = []
+    if m.get("fid") is None:
+        reason = m.get("fid_na_reason", "")
+        parts.append(FID_NA_NO_WEIGHTS if WEIGHTS_SETTING in reason else f"FID/IS/precision/recall n/a: {reason}")
+    elif m.get("precision") is None:
+        parts.append("precision/recall n/a: the reference holds no features")
+    classifier = m.get("classifier")
+    if classifier:
+        parts.append(f"{CLASSIFIER_ACC} on real test images (ceiling): {classifier['real_test_accuracy']:.3f}")
+    else:
+        parts.append(f"{CLASSIFIER_ACC} n/a: {m.get('classifier_na_reason', 'not computed')}")
+    return "; ".join(parts)
+
+
+def _row(m: dict[str, Any], notes: dict[str, str]) -> dict[str, Any]:
+    return {
+        "variant": m.get("variant") or NA,
+        "model": m["model"],
+        "params": format_params(m.get("params")),
+        "cfg": NA if m.get("cfg_scale") is None else f"{m['cfg_scale']:g}",
+        **_metric_cells(m),
+        "n_samples": m["n_samples"],
+        "note": "; ".join(filter(None, [notes.get(m["model"], ""), _automatic_note(m)])),
+    }
+
+
+def table2(metric_jsons: Sequence[Path], notes: dict[str, str]) -> pd.DataFrame:
+    """Rows: model × cfg scale (models in the order given, cfg ascending); `notes` by model name."""
+    metrics = _load(metric_jsons)
+    model_order = list(dict.fromkeys(m["model"] for m in metrics))
+    metrics.sort(key=lambda m: (model_order.index(m["model"]), m.get("cfg_scale") or 0.0))
+    return pd.DataFrame([_row(m, notes) for m in metrics], columns=TABLE2_COLUMNS)
+
+
+def table3(
+    metric_jsons: Sequence[Path], variant_order: Sequence[str] = VARIANT_ORDER, notes: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """Rows: one per variant in `variant_order`, all sampled with the same settings (else ValueError)."""
+    metrics = _load(metric_jsons)
+    variants = [m.get("variant") for m in metrics]
+    unknown = [v for v in variants if v not in variant_order]
+    if unknown or len(set(variants)) != len(variants):
+        raise ValueError(f"Table 3 needs one metrics file per variant of {tuple(variant_order)}, got variants {variants}")
+    settings = {(m.get("cfg_scale"), m.get("temperature")) for m in metrics}
+    if len(settings) > 1:
+        raise ValueError(f"Table 3 compares variants at one sampling setting; got (cfg, temperature) {sorted(settings, key=str)}")
+    metrics.sort(key=lambda m: list(variant_order).index(m["variant"]))
+    return pd.DataFrame([_row(m, notes or {}) for m in metrics], columns=TABLE3_COLUMNS)
+
+
+def numeric(frame: pd.DataFrame, column: str) -> pd.Series:
+    """A table column as floats (n/a → NaN)."""
+    return pd.to_numeric(frame[column], errors="coerce")
+
+
+def headline_metric(frame: pd.DataFrame) -> str:
+    """FID when any row has one, else the classifier accuracy (the demo without Inception weights)."""
+    return "FID" if numeric(frame, "FID").notna().any() else CLASSIFIER_ACC
+
+
+def order_note(frame: pd.DataFrame, metric: str) -> str:
+    """One sentence: does Table 3 rank the variants as the paper does (dnd, vertical, 1d, parallel, best
+    first by FID) on `metric`? Ties count as not showing the order."""
+    values = numeric(frame.set_index("variant"), metric).dropna()
+    present = [v for v in PAPER_ORDER if v in values.index]
+    if len(present) < 2:
+        return f"Table 3 cannot be compared with the paper's order on {metric}: fewer than two variants have a value."
+    lower = LOWER_IS_BETTER[metric]
+    better = (lambda a, b: a < b) if lower else (lambda a, b: a > b)
+    shows = all(better(values[a], values[b]) for a, b in zip(present, present[1:]))
+    observed = sorted(present, key=lambda v: values[v] if lower else -values[v])
+    chain = ", ".join(f"{v} ({values[v]:.3g})" for v in observed)
+    scope = "" if len(present) == len(PAPER_ORDER) else f" (only {len(present)} of {len(PAPER_ORDER)} variants have a value)"
+    paper = ", ".join(present)
+    direction = "lower" if lower else "higher"
+    if shows:
+        return f"Table 3 shows the paper's order on {metric}{scope}: best first ({direction} is better) {chain}."
+    return (f"Table 3 does not show the paper's order on {metric}{scope}: best first ({direction} is better) {chain}; "
+            f"the paper (FID, ImageNet 256, 1.4B) has {paper}.")
+
+
+def row_provenance(metric_jsons: Sequence[Path]) -> list[dict[str, Any]]:
+    """For each metrics file: the evaluator, Inception weights (path, sha256) and reference behind its numbers."""
+    rows = []
+    for path, m in zip(metric_jsons, _load(metric_jsons)):
+        provenance = m.get("provenance", {})
+        reference = provenance.get("reference", {})
+        rows.append({
+            "metrics": str(path),
+            "model": m["model"],
+            "sampling": m.get("sampling_name"),
+            "evaluator": provenance.get("evaluator"),
+            "comparability": provenance.get("comparability"),
+            "feature_extractor": provenance.get("feature_extractor"),
+            "inception_weights": provenance.get("inception_weights"),
+            "inception_weights_sha256": provenance.get("inception_weights_sha256"),
+            "reference": {key: value for key, value in reference.items() if key.startswith("reference") or key in ("available", "reason")},
+            "fid_na_reason": m.get("fid_na_reason"),
+            "classifier": provenance.get("classifier"),
+            "samples": provenance.get("samples"),
+            "samples_sha256": provenance.get("samples_sha256"),
+        })
+    return rows
+
+
+def plot_fid_vs_cfg(frame: pd.DataFrame, path: Path) -> None:
+    """FID against the cfg scale, one line per model; the classifier accuracy, labelled so, when FID is n/a."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = headline_metric(frame)
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    data = frame.assign(x=numeric(frame, "cfg"), y=numeric(frame, metric)).dropna(subset=["x", "y"])
+    for model, rows in data.groupby("model", sort=False):
+        ax.plot(rows["x"], rows["y"], marker="o", label=f"{model} ({rows['params'].iloc[0]})")
+    if data.empty:
+        ax.text(0.5, 0.5, "no metric available: FID and the classifier accuracy are n/a (see the table's notes)",
+                ha="center", va="center", wrap=True, transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("classifier-free guidance scale")
+    ax.set_ylabel(AXIS_LABELS[metric], fontsize=9)
+    ax.set_title("Table 2: " + ("FID" if metric == "FID" else "classifier accuracy") + " vs cfg scale")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

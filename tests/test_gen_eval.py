@@ -1,0 +1,261 @@
+"""Generation metrics (Tables 2 and 3): the weight-free classifier, reference statistics with and without
+Inception weights, evaluate_generation on sample folders in the sampler's layout, and the tables."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+from torch import nn
+
+from dnd import gen_tables
+from dnd.data import shards
+from dnd.data.labelled import LabelledConfig, write_digits_image_folder
+from dnd.data.splits import SplitConfig
+from dnd.metrics.adm import write_adm_batch
+from dnd.metrics.classifier import ClassifierConfig, classifier_scores, load_classifier, train_classifier
+from dnd.metrics.fid import Reference
+from dnd.metrics.inception import WEIGHTS_SETTING
+from dnd.provenance import file_sha256
+from dnd.stages.classes import ClassesConfig, prepare_images
+from dnd.stages.gen_eval import (
+    GenEvalConfig,
+    ReferenceConfig,
+    compute_reference,
+    evaluate_generation,
+    load_reference,
+)
+
+FAST_CLASSIFIER = ClassifierConfig(steps=60, batch_size=32, width=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    """20 digits per class at 16 px grayscale: ~150 train and ~50 test images."""
+    base = tmp_path_factory.mktemp("digits")
+    root = write_digits_image_folder(base / "tree", per_class=20, upscale_to=16)
+    cfg = ClassesConfig(root=str(root), image=LabelledConfig(size=16, grayscale=True), shards=1,
+                        splits=SplitConfig(val_fraction=0.0, test_fraction=0.25, test_max_images=None))
+    prepare_images(cfg, base / "classes", base / "work")
+    return base / "classes"
+
+
+@pytest.fixture(scope="module")
+def classifier_path(digits, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("classifier") / "classifier.pt"
+    train_classifier(digits, path, FAST_CLASSIFIER)
+    return path
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory) -> Path:
+    """torch-fidelity's Inception with random weights, saved as a state dict like the real weights file."""
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as patch:
+        # Build the bare network: skip the constructor's weight loading (it would download).
+        patch.setattr(tf_inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        network = tf_inception.FeatureExtractorInceptionV3("random", ["2048"])
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):  # He init keeps activations alive through ~40 conv layers
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("inception") / "inception-random.pth"
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def split_images(dataset: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, H, W, 1) grayscale images and labels (N,) of one split."""
+    rows = list(shards.iter_records(dataset, split, columns=["png", "label"]))
+    images = np.stack([np.asarray(shards.decode_png(r["png"]))[..., None] for r in rows])
+    return images, np.array([r["label"] for r in rows])
+
+
+def write_samples(folder: Path, images: np.ndarray, labels: np.ndarray, grayscale_file: bool = False, **summary) -> Path:
+    """A samples folder as the sampler writes it: samples.npz (ADM layout) + summary.json."""
+    folder.mkdir(parents=True)
+    if grayscale_file:
+        np.savez(folder / "samples.npz", arr_0=images, arr_1=labels)
+    else:
+        write_adm_batch(folder / "samples.npz", np.repeat(images, 3, axis=-1), labels)
+    settings = {"model": "dnd_demo", "sampling_name": "cfg2", "variant": "dnd", "params": 123_456, "seconds": 1.5,
+                "sampling": {"cfg_scale": 2.0, "temperature": 1.0, "top_k": 0}} | summary
+    (folder / "summary.json").write_text(json.dumps(settings))
+    return folder
+
+
+def test_classifier_beats_chance_on_real_images_and_is_deterministic(digits, classifier_path, tmp_path):
+    classifier = load_classifier(classifier_path)
+    assert classifier.image_shape == (16, 16, 1) and classifier.classes == [str(d) for d in range(10)]
+    images, labels = split_images(digits, "test")
+    scores = classifier_scores(classifier, images, labels)
+    assert scores["n"] == len(labels) >= 30
+    assert scores["accuracy"] > 0.6  # chance: 0.1
+    assert scores["accuracy"] == pytest.approx(classifier.summary["real_test_accuracy"])
+    assert 0 < scores["confidence"] <= 1
+    scrambled = np.random.default_rng(0).permutation(labels)
+    assert classifier_scores(classifier, images, scrambled)["accuracy"] < 0.35
+    # RGB samples of gray digits score exactly as the gray ones.
+    rgb = classifier_scores(classifier, np.repeat(images, 3, axis=-1), labels)
+    assert rgb["accuracy"] == scores["accuracy"]
+    again = tmp_path / "again.pt"
+    train_classifier(digits, again, FAST_CLASSIFIER)
+    first, second = torch.load(classifier_path)["model"], torch.load(again)["model"]
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    with pytest.raises(ValueError, match="16, 16"):
+        classifier_scores(classifier, np.zeros((2, 8, 8, 1), np.uint8), np.zeros(2))
+
+
+def test_reference_without_weights_records_the_reason(digits, tmp_path):
+    out = tmp_path / "reference.npz"
+    summary = compute_reference(digits, out, ReferenceConfig(inception_weights=None))
+    assert summary["available"] is False
+    reference, provenance = load_reference(out)
+    assert reference is None
+    assert provenance["available"] is False and WEIGHTS_SETTING in provenance["reason"]
+    assert out.with_name(out.name + ".provenance.json").exists()
+
+
+@pytest.mark.parametrize("grayscale_file", [False, True])
+def test_generation_without_weights_is_na_with_the_classifier_metric(digits, classifier_path, tmp_path, grayscale_file):
+    reference = tmp_path / "reference.npz"
+    compute_reference(digits, reference, ReferenceConfig(inception_weights=None))
+    images, labels = split_images(digits, "test")
+    samples = write_samples(tmp_path / "samples" / "dnd_demo" / "cfg2", images, labels, grayscale_file)
+    out = tmp_path / "metrics.json"
+    result = evaluate_generation(samples, reference, classifier_path, out, GenEvalConfig())
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert (result["fid"], result["is"], result["precision"], result["recall"]) == (None, None, None, None)
+    assert WEIGHTS_SETTING in result["fid_na_reason"]
+    assert result["provenance"]["evaluator"] is None
+    assert result["classifier"]["accuracy"] > 0.6
+    assert result["classifier"]["accuracy"] == pytest.approx(load_classifier(classifier_path).summary["real_test_accuracy"])
+    assert (result["model"], result["variant"], result["params"]) == ("dnd_demo", "dnd", 123_456)
+    assert (result["cfg_scale"], result["temperature"], result["n_samples"]) == (2.0, 1.0, len(labels))
+    assert result["provenance"]["classifier"]["sha256"] == file_sha256(classifier_path)
+    no_classifier = evaluate_generation(samples, reference, None, tmp_path / "bare.json", GenEvalConfig())
+    assert no_classifier["classifier"] is None and no_classifier["classifier_na_reason"] == "no classifier configured"
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # a few images in 2048 dimensions: expected
+def test_generation_with_weights_gives_numbers_and_names_them(digits, classifier_path, random_weights, tmp_path):
+    reference_path = tmp_path / "reference.npz"
+    cfg = ReferenceConfig(inception_weights=str(random_weights), max_images=5, batch_size=5)
+    provenance = compute_reference(digits, reference_path, cfg)
+    assert provenance["available"] and provenance["reference_images"] == 5
+    images, labels = split_images(digits, "test")
+    samples = write_samples(tmp_path / "samples", images[:5], labels[:5])
+    gen_cfg = GenEvalConfig(inception_weights=str(random_weights), batch_size=5, is_splits=10)
+    result = evaluate_generation(samples, reference_path, classifier_path, tmp_path / "m.json", gen_cfg)
+    assert np.isfinite(result["fid"]) and result["fid"] > -1e-6
+    assert result["is"] >= 1.0 - 1e-9
+    assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
+    assert "fid_na_reason" not in result
+    named = result["provenance"]
+    assert named["inception_weights"] == str(random_weights)
+    assert named["inception_weights_sha256"] == file_sha256(random_weights)
+    assert named["reference"]["reference_dataset"] == str(digits)
+    assert named["reference"]["reference_split"] == "train"
+    assert named["is_splits"] == 5  # capped at the number of samples
+    assert "repeated to 3 channels" in named["grayscale"]
+    assert result["classifier"]["n"] == 5
+    # A reference made with other weights is refused, never mixed into one FID.
+    forged = Reference.load(reference_path)
+    forged.provenance["inception_weights_sha256"] = "0" * 64
+    forged.save(tmp_path / "forged.npz")
+    with pytest.raises(ValueError, match="recompute the reference"):
+        evaluate_generation(samples, tmp_path / "forged.npz", None, tmp_path / "x.json", gen_cfg)
+
+
+def test_adm_reference_batch_mode_uses_the_stored_statistics(random_weights, tmp_path):
+    adm = tmp_path / "VIRTUAL_demo_labeled.npz"
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    np.savez(adm, arr_0=images, arr_1=np.arange(4), mu=np.full(2048, 0.5), sigma=np.eye(2048))
+    out = tmp_path / "reference.npz"
+    compute_reference(adm, out, ReferenceConfig(inception_weights=str(random_weights), batch_size=4))
+    reference, provenance = load_reference(out)
+    np.testing.assert_array_equal(reference.stats.mu, np.full(2048, 0.5))
+    assert reference.features.shape == (4, 2048)
+    assert provenance["reference_mode"] == "ADM reference batch" and "precomputed" in provenance["reference_stats"]
+    assert provenance["reference_batch_sha256"] == file_sha256(adm)
+
+
+def metrics_json(folder: Path, model: str, cfg: float, variant: str, fid: float | None, acc: float | None) -> Path:
+    result = {
+        "model": model, "variant": variant, "params": 1_400_000_000 if model == "dnd_xxl" else 2_345_678,
+        "cfg_scale": cfg, "temperature": 1.0, "n_samples": 100, "sampling_name": f"cfg{cfg:g}",
+        "fid": fid, "is": None if fid is None else 250.0, "precision": None if fid is None else 0.8,
+        "recall": None if fid is None else 0.55,
+        "classifier": None if acc is None else {"accuracy": acc, "confidence": acc - 0.1, "real_test_accuracy": 0.99},
+        "provenance": {"evaluator": None if fid is None else "dnd.metrics.fid", "reference": {"available": fid is not None}},
+    }
+    if fid is None:
+        result["fid_na_reason"] = f"... set {WEIGHTS_SETTING} ..."
+    if acc is None:
+        result["classifier_na_reason"] = "no classifier configured"
+    path = folder / f"{model}-{cfg:g}-{variant}.json"
+    path.write_text(json.dumps(result))
+    return path
+
+
+def test_table2_rows_columns_and_na_cells(tmp_path):
+    paths = [
+        metrics_json(tmp_path, "dnd_xxl", 4.0, "dnd", 6.55, None),
+        metrics_json(tmp_path, "dnd_xxl", 1.5, "dnd", 2.96, None),
+        metrics_json(tmp_path, "demo", 2.0, "dnd", None, 0.9),
+    ]
+    frame = gen_tables.table2(paths, {"demo": "demo: digits 32 px"})
+    assert list(frame.columns) == gen_tables.TABLE2_COLUMNS
+    assert list(zip(frame["model"], frame["cfg"])) == [("dnd_xxl", "1.5"), ("dnd_xxl", "4"), ("demo", "2")]
+    assert list(frame["params"]) == ["1.4B", "1.4B", "2.3M"]
+    assert frame.loc[0, "FID"] == "2.96" and frame.loc[0, gen_tables.CLASSIFIER_ACC] == "n/a"
+    demo = frame.iloc[2]
+    assert (demo["FID"], demo["IS"], demo["precision"], demo[gen_tables.CLASSIFIER_ACC]) == ("n/a", "n/a", "n/a", "0.900")
+    assert demo["note"].startswith("demo: digits 32 px") and WEIGHTS_SETTING in demo["note"] and "0.990" in demo["note"]
+    assert gen_tables.headline_metric(frame) == "FID"
+    assert gen_tables.headline_metric(frame.iloc[2:]) == gen_tables.CLASSIFIER_ACC
+    for rows in (frame, frame.iloc[2:]):  # FID, then the classifier accuracy when FID is n/a
+        plot = tmp_path / f"plot-{len(rows)}.png"
+        gen_tables.plot_fid_vs_cfg(rows, plot)
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    provenance = gen_tables.row_provenance(paths)
+    assert [p["model"] for p in provenance] == ["dnd_xxl", "dnd_xxl", "demo"]
+    assert WEIGHTS_SETTING in provenance[2]["fid_na_reason"]
+
+
+def test_table3_rows_in_variant_order_and_one_sampling_setting(tmp_path):
+    paths = [metrics_json(tmp_path, f"m_{v}", 2.0, v, None, acc) for v, acc in
+             [("dnd", 0.9), ("1d", 0.8), ("vertical", 0.85), ("parallel", 0.7)]]
+    frame = gen_tables.table3(paths)
+    assert list(frame.columns) == gen_tables.TABLE3_COLUMNS
+    assert list(frame["variant"]) == ["1d", "parallel", "vertical", "dnd"]
+    with pytest.raises(ValueError, match="one metrics file per variant"):
+        gen_tables.table3(paths + [paths[0]])
+    other_cfg = metrics_json(tmp_path / "..", "m_dnd", 4.0, "dnd", None, 0.9)
+    with pytest.raises(ValueError, match="one sampling setting"):
+        gen_tables.table3(paths[1:] + [other_cfg])
+
+
+def order_frame(values: dict[str, float | None], column: str) -> pd.DataFrame:
+    return pd.DataFrame({"variant": list(values), column: ["n/a" if v is None else f"{v}" for v in values.values()]})
+
+
+def test_order_note_says_yes_and_no_correctly():
+    acc = gen_tables.CLASSIFIER_ACC
+    paper_like = order_frame({"1d": 0.8, "parallel": 0.7, "vertical": 0.85, "dnd": 0.9}, acc)
+    assert gen_tables.order_note(paper_like, acc).startswith("Table 3 shows the paper's order")
+    swapped = order_frame({"1d": 0.86, "parallel": 0.7, "vertical": 0.85, "dnd": 0.9}, acc)
+    note = gen_tables.order_note(swapped, acc)
+    assert note.startswith("Table 3 does not show") and "dnd (0.9), 1d (0.86), vertical (0.85)" in note
+    tie = order_frame({"1d": 0.8, "parallel": 0.7, "vertical": 0.9, "dnd": 0.9}, acc)
+    assert gen_tables.order_note(tie, acc).startswith("Table 3 does not show")
+    # FID: lower is better; the paper's own numbers show its order.
+    fid = order_frame({"1d": 4.12, "parallel": 6.32, "vertical": 3.18, "dnd": 2.58}, "FID")
+    assert gen_tables.order_note(fid, "FID").startswith("Table 3 shows")
+    partial = order_frame({"1d": 4.12, "parallel": None, "vertical": None, "dnd": 5.0}, "FID")
+    assert "does not show" in gen_tables.order_note(partial, "FID") and "only 2 of 4" in gen_tables.order_note(partial, "FID")
+    missing = order_frame({"1d": None, "parallel": None, "vertical": None, "dnd": 2.0}, "FID")
+    assert "cannot be compared" in gen_tables.order_note(missing, "FID")
