@@ -13,6 +13,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenizer.smk"
 include: "workflow/rules/transformer.smk"
+include: "workflow/rules/evaluation.smk"
 
 
 rule all:
@@ -23,4 +24,6 @@ rule all:
         rules.prepare_images.output.images,
         rules.make_table1a.output.table,
         rules.make_table1b.output.table,
+        rules.make_table2.output.table,
+        rules.make_table3.output.table,
     default_target: True

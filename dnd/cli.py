@@ -171,6 +171,58 @@ def cmd_sample(args: argparse.Namespace) -> None:
     sample_images(Path(args.model), Path(args.tokenizer), SampleSpec.from_dict(raw), Path(args.out), work, names)
 
 
+def cmd_compute_reference(args: argparse.Namespace) -> None:
+    from dnd.stages.gen_eval import ReferenceConfig, compute_reference
+
+    raw = _stage_config(args, "evaluation")
+    cfg = ReferenceConfig.from_dict(raw.get("reference", {}), raw.get("metrics", {}))
+    work = stage_work_dir("compute_reference", Path(args.source).name, raw, _fingerprint(args, [Path(args.source)]))
+    run_task("compute_reference", partial(compute_reference, Path(args.source), Path(args.out), cfg), work)
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> None:
+    from dnd.metrics.classifier import ClassifierConfig, train_classifier
+
+    raw = _stage_config(args, "evaluation.classifier")
+    work = stage_work_dir("train_classifier", Path(args.dataset).name, raw, _fingerprint(args, [Path(args.dataset)]))
+    run_task("train_classifier", partial(train_classifier, Path(args.dataset), Path(args.out), ClassifierConfig(**raw)), work)
+
+
+def cmd_evaluate_generation(args: argparse.Namespace) -> None:
+    from dnd.stages.gen_eval import GenEvalConfig, evaluate_generation
+
+    raw = _stage_config(args, "evaluation")
+    cfg = GenEvalConfig.from_dict(raw.get("generation", {}), raw.get("metrics", {}))
+    inputs = [Path(args.samples), Path(args.reference), *([Path(args.classifier)] if args.classifier else [])]
+    work = stage_work_dir("evaluate_generation", Path(args.samples).name, raw, _fingerprint(args, inputs))
+    classifier = Path(args.classifier) if args.classifier else None
+    run_task("evaluate_generation", partial(evaluate_generation, Path(args.samples), Path(args.reference), classifier, Path(args.out), cfg), work)
+
+
+def cmd_make_generation_table(args: argparse.Namespace) -> None:
+    from dnd import gen_tables, tables
+
+    raw = _stage_config(args, f"tables.{args.table}")
+    metrics = [Path(m) for m in args.metrics]
+    out = Path(args.out)
+    notes = raw.get("notes", {})
+    frame = gen_tables.table2(metrics, notes) if args.table == "table2" else gen_tables.table3(metrics, notes=notes)
+    extra = {}
+    if args.table == "table3":
+        metric = gen_tables.headline_metric(frame)
+        extra["order_note"] = gen_tables.order_note(frame, metric)
+        frame["note"] = [f"{n}; {extra['order_note']}" if n else extra["order_note"] for n in frame["note"]]
+        tables.plot_bars(frame.rename(columns={"model": "tokenizer"}).assign(tokenizer=frame["variant"]),
+                         [metric], f"Table 3: the four variants ({metric})", metric, out.with_suffix(".png"))
+    else:
+        gen_tables.plot_fid_vs_cfg(frame, out.with_suffix(".png"))
+    tables.write_csv(frame, out)
+    write_provenance(out, f"make_{args.table}", raw, rows=gen_tables.row_provenance(metrics), **extra)
+    print(frame.to_string(index=False))
+    if extra:
+        print(extra["order_note"])
+
+
 Command = tuple[str, str, Callable[[argparse.Namespace], None], list[tuple[str, dict[str, Any]]]]
 COMMANDS: list[Command] = [
     (
@@ -298,6 +350,45 @@ COMMANDS: list[Command] = [
             ("--sampling-name", dict(required=True, help="key under sampling: in the config")),
             ("--out", dict(required=True, help="output folder")),
             ("--work-dir", dict(help="where finished sample shards are kept between runs")),
+        ],
+    ),
+    (
+        "compute-reference",
+        "Reference Inception statistics of a data set's training split (or of an ADM reference .npz).",
+        cmd_compute_reference,
+        [
+            ("--source", dict(required=True, help="image data set folder, or an ADM reference batch .npz")),
+            ("--out", dict(required=True, help="output reference .npz")),
+        ],
+    ),
+    (
+        "train-classifier",
+        "Train the small CNN whose accuracy on samples is the demo's weight-free generation metric.",
+        cmd_train_classifier,
+        [
+            ("--dataset", dict(required=True, help="class-labelled data set folder")),
+            ("--out", dict(required=True, help="output classifier .pt")),
+        ],
+    ),
+    (
+        "evaluate-generation",
+        "FID / IS / precision / recall (n/a without Inception weights) and classifier accuracy of a sample set.",
+        cmd_evaluate_generation,
+        [
+            ("--samples", dict(required=True, help="samples folder from `sample`")),
+            ("--reference", dict(required=True, help="reference .npz from compute-reference")),
+            ("--classifier", dict(help="classifier .pt from train-classifier (optional)")),
+            ("--out", dict(required=True, help="output metrics .json")),
+        ],
+    ),
+    (
+        "make-generation-table",
+        "Write Table 2 (models × cfg) or Table 3 (the four variants) with a plot.",
+        cmd_make_generation_table,
+        [
+            ("--table", dict(required=True, choices=["table2", "table3"])),
+            ("--metrics", dict(required=True, nargs="+", help="metrics .json files from evaluate-generation")),
+            ("--out", dict(required=True, help="output .csv")),
         ],
     ),
 ]

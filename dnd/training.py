@@ -1,19 +1,20 @@
-"""What every training loop of the project shares: deterministic data order, checkpoints, resume, stop signals.
+"""What every training loop of the project shares: deterministic data order, checkpoints, resume.
 
 Resume is the same code path as start: `Checkpointer.load()` returns the last state or None. A run
 killed at any point and restarted reaches the same step count with the same batches, because the
 batch order is a pure function of (seed, step), never of how many times the run was restarted.
+Signals are the launcher's business (`dnd.launch.TrainingTask`): a trainer takes a `should_stop()`
+callable, checks it after each step, and returns None after saving its checkpoint once it is true.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,33 +89,6 @@ class Checkpointer:
         return state
 
 
-class StopSignal:
-    """Turns SIGTERM / SIGUSR1 / SIGUSR2 (SLURM's time-limit and preemption warnings) into a flag
-    the loop checks after each step: it then checkpoints and exits cleanly instead of dying mid-write."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopSignal":
-        for sig in self.SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: the launcher handles signals there
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("received signal %d: checkpointing after this step", signum)
-        self.received = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 @dataclass
 class Progress:
     """A tqdm bar on a terminal, periodic log lines in batch jobs."""
@@ -137,10 +111,3 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def iterate_steps(start: int, total: int, stop: StopSignal) -> Iterator[int]:
-    for step in range(start, total):
-        if stop.received is not None:
-            return
-        yield step

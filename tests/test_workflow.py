@@ -86,6 +86,22 @@ def test_table1_is_written(micro_run):
         assert (workdir / "results" / name).stat().st_size > 0
 
 
+def test_tables_2_and_3_are_written(micro_run):
+    import pandas as pd
+
+    workdir, config = micro_run
+    table2 = pd.read_csv(workdir / "results" / "table2.csv", keep_default_na=False)
+    assert len(table2) == len(config["tables"]["table2"]["models"]) * len(config["tables"]["table2"]["samplings"])
+    assert {"model", "params", "cfg", "FID", "IS", "precision", "recall", "demo_classifier_acc"} <= set(table2.columns)
+    assert set(table2["FID"]) == {"n/a"}  # no Inception weights: n/a, never a number from another network
+    assert all(0.0 <= float(a) <= 1.0 for a in table2["demo_classifier_acc"])
+    table3 = pd.read_csv(workdir / "results" / "table3.csv", keep_default_na=False)
+    assert list(table3["variant"]) == ["1d", "parallel", "vertical", "dnd"]
+    assert all("paper" in note for note in table3["note"])  # says whether the paper's order shows
+    for name in ("table2.png", "table3.png"):
+        assert (workdir / "results" / name).stat().st_size > 0
+
+
 def test_nothing_to_do_after_a_complete_run(micro_run):
     workdir, _ = micro_run
     assert planned_jobs(snakemake(workdir, "-n", "--configfile", "run.yaml")) == set()

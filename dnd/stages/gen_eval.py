@@ -44,7 +44,9 @@ SUMMARY_NAME = "summary.json"
 class ReferenceConfig:
     inception_weights: str | None = None  # metrics.inception_weights (same file as rFID); None → reference unavailable
     split: str = "train"  # data-set mode: statistics of the training set
-    max_images: int | None = None  # data-set mode: the first N images of the split in shard order; None = all
+    # Data-set mode: the first N images of the split in shard order (shards are hash-assigned, so a mix of
+    # classes); None = all. The features are kept for precision/recall (8 KB per image): ADM uses 10k.
+    max_images: int | None = None
     batch_size: int = 50  # images per Inception forward pass
     # ADM mode: FID against the mu/sigma stored in the reference batch (whole training set, TF graph), as the
     # ADM evaluator does; false = statistics of its 10k images from our extractor instead.

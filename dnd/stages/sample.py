@@ -114,7 +114,7 @@ def sample_images(model_path: Path, tokenizer: Path, spec: SampleSpec, out_dir: 
     }
     with atomic_dir(out_dir) as tmp:
         write_adm_batch(tmp / "samples.npz", rgb, sample_labels)
-        _grid(images, sample_labels, tmp / "grid.png")
+        save_grid(images, sample_labels, tmp / "grid.png")
         if spec.save_png:
             (tmp / "png").mkdir()
             for index, (image, label) in enumerate(zip(images, sample_labels)):
@@ -125,7 +125,7 @@ def sample_images(model_path: Path, tokenizer: Path, spec: SampleSpec, out_dir: 
     return summary
 
 
-def _grid(images: np.ndarray, labels: np.ndarray, path: Path, max_images: int = 100) -> None:
+def save_grid(images: np.ndarray, labels: np.ndarray, path: Path, max_images: int = 100) -> None:
     """Up to 10 images per class in rows (unconditional: the first 100 in a 10-wide grid)."""
     from torchvision.utils import make_grid
 

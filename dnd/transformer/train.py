@@ -176,7 +176,7 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
                 for target, source in zip(ema.parameters(), model.parameters()):
                     target.lerp_(source, 1.0 - cfg.ema_decay)
         done = step + 1
-        metrics = {"loss": float(loss), "grad_norm": float(grad_norm), "lr": lr}
+        metrics = {"loss": loss.detach().item(), "grad_norm": grad_norm.item(), "lr": lr}
         metrics |= {f"loss_depth{d + 1}": float(v) for d, v in enumerate(per_depth)}
         progress.update(done, {"loss": metrics["loss"]})
         for key, value in metrics.items():

@@ -126,3 +126,22 @@ def transformer_tokenizer(wildcards):
 def transformer_codes(wildcards):
     spec = config["transformers"][wildcards.model]
     return f"results/codes/{spec['tokenizer']}/{spec['data']}"
+
+
+def generation_eval_params():
+    evaluation = config.get("evaluation", {})
+    return stage_params_of({
+        "reference": evaluation.get("reference", {}),
+        "generation": evaluation.get("generation", {}),
+        "metrics": {"inception_weights": config.get("metrics", {}).get("inception_weights")},
+    })
+
+
+def generation_metrics(table):
+    """Metric files of Table 2 (models × samplings) or Table 3 (one model per variant, one sampling)."""
+    spec = config["tables"][table]
+    if table == "table2":
+        runs = [(model, sampling) for model in spec["models"] for sampling in spec["samplings"]]
+    else:
+        runs = [(model, spec["sampling"]) for model in spec["models"].values()]
+    return [f"results/metrics/gen/{model}/{sampling}.json" for model, sampling in runs]

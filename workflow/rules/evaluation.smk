@@ -1,0 +1,80 @@
+# ------------------------------------------------------------------ class-conditional evaluation: Tables 2 and 3
+
+
+rule compute_reference:
+    input:
+        source=DATASETS["classes"],
+    output:
+        reference="results/metrics/reference/classes.npz",
+    params:
+        cfg=generation_eval_params(),
+        code=code_version("dnd/stages/gen_eval.py", "dnd/metrics/fid.py", "dnd/metrics/inception.py", "dnd/metrics/adm.py"),
+    log:
+        "logs/compute_reference/classes.log",
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} {DND} compute-reference --code-version {params.code} --params {params.cfg}"
+        " --source {input.source} --out {output.reference} > {log} 2>&1"
+
+
+rule train_classifier:
+    input:
+        dataset=DATASETS["classes"],
+    output:
+        classifier="results/metrics/classifier/classes.pt",
+    params:
+        cfg=stage_params("evaluation.classifier"),
+        code=code_version("dnd/metrics/classifier.py"),
+    log:
+        "logs/train_classifier/classes.log",
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} {DND} train-classifier --code-version {params.code} --params {params.cfg}"
+        " --dataset {input.dataset} --out {output.classifier} > {log} 2>&1"
+
+
+rule evaluate_generation:
+    input:
+        samples=rules.sample_images.output.samples,
+        reference=rules.compute_reference.output.reference,
+        classifier=rules.train_classifier.output.classifier,
+    output:
+        metrics="results/metrics/gen/{model}/{sampling}.json",
+    params:
+        cfg=generation_eval_params(),
+        code=code_version("dnd/stages/gen_eval.py", "dnd/metrics/fid.py", "dnd/metrics/classifier.py"),
+    log:
+        "logs/evaluate_generation/{model}/{sampling}.log",
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} {DND} evaluate-generation --code-version {params.code} --params {params.cfg}"
+        " --samples {input.samples} --reference {input.reference} --classifier {input.classifier}"
+        " --out {output.metrics} > {log} 2>&1"
+
+
+rule make_table2:
+    input:
+        metrics=generation_metrics("table2"),
+    output:
+        table="results/table2.csv",
+        plot="results/table2.png",
+    params:
+        cfg=stage_params("tables.table2"),
+    log:
+        "logs/make_table2.log",
+    shell:
+        "{DND} make-generation-table --table table2 --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
+
+
+rule make_table3:
+    input:
+        metrics=generation_metrics("table3"),
+    output:
+        table="results/table3.csv",
+        plot="results/table3.png",
+    params:
+        cfg=stage_params("tables.table3"),
+    log:
+        "logs/make_table3.log",
+    shell:
+        "{DND} make-generation-table --table table3 --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
