@@ -14,6 +14,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenizer.smk"
 include: "workflow/rules/transformer.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/richtext.smk"
 
 
 rule all:
@@ -26,4 +27,5 @@ rule all:
         rules.make_table1b.output.table,
         rules.make_table2.output.table,
         rules.make_table3.output.table,
+        rules.make_richtext_table.output.table,
     default_target: True

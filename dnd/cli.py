@@ -57,7 +57,7 @@ def cmd_resize_images(args: argparse.Namespace) -> None:
     from dnd.stages.text_image import ResizeConfig, resize_images
 
     raw = _stage_config(args, "data.text256")
-    resize_images(ResizeConfig(size=raw.get("size", 256)), Path(args.images), Path(args.out))
+    resize_images(ResizeConfig(size=raw.get("size", 256), splits=tuple(raw.get("splits", ["test"]))), Path(args.images), Path(args.out))
 
 
 def cmd_rasterize_pdfs(args: argparse.Namespace) -> None:
@@ -221,6 +221,67 @@ def cmd_make_generation_table(args: argparse.Namespace) -> None:
     print(frame.to_string(index=False))
     if extra:
         print(extra["order_note"])
+
+
+def cmd_fit_language_model(args: argparse.Namespace) -> None:
+    from dnd.metrics.ppl import LMConfig, fit_ngram_on_dataset
+
+    raw = _stage_config(args, "richtext.language_model")
+    work = stage_work_dir("fit_language_model", Path(args.dataset).name, raw, _fingerprint(args, [Path(args.dataset)]))
+    run_task("fit_language_model", partial(fit_ngram_on_dataset, LMConfig(**raw), Path(args.dataset), Path(args.out)), work)
+
+
+def cmd_train_ddpm(args: argparse.Namespace) -> None:
+    from dnd.baselines.ddpm import DDPMConfig, train_ddpm
+
+    raw = _stage_config(args, f"ddpm.{args.name}")
+    datasets = [Path(d) for d in args.datasets]
+    work = Path(args.work_dir) if args.work_dir else stage_work_dir("train_ddpm", args.name, raw, _fingerprint(args, datasets))
+    cfg = DDPMConfig.from_dict({k: v for k, v in raw.items() if k not in ("data", "sampling")})
+    run_task("train_ddpm", TrainingTask(train_ddpm, (cfg, datasets, Path(args.out), work), work), work)
+
+
+def cmd_sample_ddpm(args: argparse.Namespace) -> None:
+    from dnd.stages.richtext import sample_ddpm_images
+
+    raw = _stage_config(args, f"ddpm.{args.name}").get("sampling", {})
+    work = stage_work_dir("sample_ddpm", args.name, raw, _fingerprint(args, [Path(args.model)]))
+    sample = partial(sample_ddpm_images, Path(args.model), raw.get("n", 250), raw.get("seed", 0), raw.get("batch_size", 16),
+                     raw.get("num_inference_steps"), Path(args.out), {"model": args.name, "sampling": "ddpm"})
+    run_task("sample_ddpm", sample, work)
+
+
+def cmd_evaluate_richtext(args: argparse.Namespace) -> None:
+    from dnd.metrics.ocr import OCRConfig
+    from dnd.metrics.ppl import LMConfig
+    from dnd.stages.richtext import evaluate_richtext
+
+    raw = _stage_config(args, "richtext")
+    samples = Path(args.samples) if args.samples else None
+    reference = Path(args.reference_dataset) if args.reference_dataset else None
+    names = {"dataset": raw.get("dataset", "text_image"), **({"model": args.model_name} if args.model_name else {}),
+             **({"sampling": args.sampling_name} if args.sampling_name else {})}
+    inputs = [p for p in (samples, reference, Path(args.lm)) if p is not None]
+    work = stage_work_dir("evaluate_richtext", Path(args.out).stem, raw, _fingerprint(args, inputs))
+    run_task("evaluate_richtext", partial(
+        evaluate_richtext, samples, reference, Path(args.lm), Path(args.out), LMConfig(**raw.get("language_model", {})),
+        OCRConfig(**raw.get("ocr", {})), raw.get("max_images", 250), names), work)
+
+
+def cmd_make_richtext_table(args: argparse.Namespace) -> None:
+    from dnd import tables
+    from dnd.stages.richtext import plot_ppl_by_temperature, richtext_table, stack_grids
+
+    raw = _stage_config(args, "richtext")
+    metrics = [Path(m) for m in args.metrics]
+    out = Path(args.out)
+    frame = richtext_table(metrics, raw.get("notes", {}))
+    plot_ppl_by_temperature(frame, out.with_suffix(".png"))
+    samples = [Path(s) for s in args.samples]
+    stack_grids(samples, [f"{s.parent.name} / {s.name}" for s in samples], out.with_name(out.stem + "_grids.png"))
+    tables.write_csv(frame, out)
+    write_provenance(out, "make_richtext_table", raw, metrics=[str(m) for m in metrics])
+    print(frame.to_string(index=False))
 
 
 Command = tuple[str, str, Callable[[argparse.Namespace], None], list[tuple[str, dict[str, Any]]]]
@@ -388,6 +449,59 @@ COMMANDS: list[Command] = [
         [
             ("--table", dict(required=True, choices=["table2", "table3"])),
             ("--metrics", dict(required=True, nargs="+", help="metrics .json files from evaluate-generation")),
+            ("--out", dict(required=True, help="output .csv")),
+        ],
+    ),
+    (
+        "fit-language-model",
+        "Fit the offline PPL-OCR language model (word n-gram, nltk) on a data set's training text.",
+        cmd_fit_language_model,
+        [
+            ("--dataset", dict(required=True, help="Text-Image data set folder (its train split's text)")),
+            ("--out", dict(required=True, help="output .pkl")),
+        ],
+    ),
+    (
+        "train-ddpm",
+        "Train the pixel-space DDPM baseline (diffusers UNet2DModel + DDPMScheduler), resumable.",
+        cmd_train_ddpm,
+        [
+            ("--name", dict(required=True, help="key under ddpm: in the config")),
+            ("--datasets", dict(required=True, nargs="+", help="image data set folders (train split)")),
+            ("--out", dict(required=True, help="output model.pt")),
+            ("--work-dir", dict(help="checkpoints (default: work/train_ddpm/<name>-<hash>)")),
+        ],
+    ),
+    (
+        "sample-ddpm",
+        "Sample the DDPM baseline into the same samples-folder format as `sample`.",
+        cmd_sample_ddpm,
+        [
+            ("--name", dict(required=True, help="key under ddpm: in the config")),
+            ("--model", dict(required=True, help="the DDPM's model.pt")),
+            ("--out", dict(required=True, help="output samples folder")),
+        ],
+    ),
+    (
+        "evaluate-richtext",
+        "PPL-OCR of a samples folder (or of the training images: the reference row).",
+        cmd_evaluate_richtext,
+        [
+            ("--samples", dict(help="samples folder (from `sample` or `sample-ddpm`)")),
+            ("--reference-dataset", dict(help="instead of --samples: score this data set's training images")),
+            ("--lm", dict(required=True, help="fitted language model .pkl")),
+            ("--model-name", dict(help="row name")),
+            ("--sampling-name", dict(help="sampling name")),
+            ("--out", dict(required=True, help="output metrics .json")),
+        ],
+    ),
+    (
+        "make-richtext-table",
+        "Write results/richtext.csv with the PPL-OCR-by-temperature figure and sample grids.",
+        cmd_make_richtext_table,
+        [
+            ("--metrics", dict(required=True, nargs="+", help="metrics .json files from evaluate-richtext")),
+            ("--samples", dict(required=True, nargs="+", help="the samples folders (for the grids figure)")),
             ("--out", dict(required=True, help="output .csv")),
         ],
     ),

@@ -102,6 +102,20 @@ def test_tables_2_and_3_are_written(micro_run):
         assert (workdir / "results" / name).stat().st_size > 0
 
 
+def test_richtext_table_is_written(micro_run):
+    import pandas as pd
+
+    workdir, config = micro_run
+    table = pd.read_csv(workdir / "results" / "richtext.csv", keep_default_na=False)
+    assert table["model"].iloc[0] == "training images"  # the reference row first
+    assert set(table["model"]) == {"training images"} | {run["model"] for run in config["richtext"]["runs"]}
+    assert {"PPL_OCR", "words_per_image", "temperature", "ocr_backend", "language_model"} <= set(table.columns)
+    reference = table.iloc[0]
+    assert float(reference["PPL_OCR"]) > 0 and float(reference["words_per_image"]) > 0
+    for name in ("richtext.png", "richtext_grids.png"):
+        assert (workdir / "results" / name).stat().st_size > 0
+
+
 def test_nothing_to_do_after_a_complete_run(micro_run):
     workdir, _ = micro_run
     assert planned_jobs(snakemake(workdir, "-n", "--configfile", "run.yaml")) == set()

@@ -40,7 +40,7 @@ from dnd.metrics.ocr import OCRConfig, make_ocr_backend
 from dnd.metrics.ppl import LanguageModel, LMConfig, count_empty, make_language_model
 from dnd.provenance import file_sha256, record, write_provenance
 from dnd.stages.gen_eval import iter_sample_images
-from dnd.stages.sample import save_grid as savesave_grid  # the sampler's grid: first 100 images, 10 wide
+from dnd.stages.sample import save_grid  # the sampler's grid: first 100 images, 10 wide
 from dnd.tables import NA, stack_images
 
 log = logging.getLogger("dnd.richtext")
@@ -85,7 +85,7 @@ def sample_ddpm_images(model_path: Path, n: int, seed: int, batch_size: int, num
     }
     with atomic_dir(out_dir) as tmp:
         write_adm_batch(tmp / SAMPLES_NAME, rgb, labels)
-        savesave_grid(rgb, labels, tmp / "grid.png")
+        save_grid(rgb, labels, tmp / "grid.png")
         write_json(tmp / SUMMARY_NAME, summary)
         settings = {"n": n, "seed": seed, "batch_size": batch_size, "num_inference_steps": steps, **names}
         write_provenance(tmp, "sample_ddpm_images", settings, seed=seed, model=str(model_path),

@@ -145,3 +145,38 @@ def generation_metrics(table):
     else:
         runs = [(model, spec["sampling"]) for model in spec["models"].values()]
     return [f"results/metrics/gen/{model}/{sampling}.json" for model, sampling in runs]
+
+
+def richtext_dataset(wildcards=None):
+    return DATASETS[config["richtext"]["dataset"]]
+
+
+def richtext_eval_params():
+    return stage_params("richtext") if "richtext" in config else stage_params_of({})
+
+
+def richtext_runs():
+    return [(run["model"], run["sampling"]) for run in config["richtext"]["runs"]]
+
+
+def richtext_metrics(wildcards=None):
+    return [f"results/metrics/richtext/{model}/{sampling}.json" for model, sampling in richtext_runs()]
+
+
+def richtext_samples(wildcards=None):
+    return [f"results/samples/{model}/{sampling}" for model, sampling in richtext_runs()]
+
+
+def ddpm_params(wildcards):
+    return stage_params(f"ddpm.{wildcards.ddpm}")
+
+
+def ddpm_datasets(wildcards):
+    return [DATASETS[name] for name in config["ddpm"][wildcards.ddpm]["data"]]
+
+
+def name_pattern(names):
+    """A wildcard constraint matching exactly these config names (none: matches nothing)."""
+    import re
+
+    return "|".join(re.escape(name) for name in names) or r"(?!x)x"

@@ -28,6 +28,8 @@ rule train_transformer:
 
 
 rule sample_images:
+    wildcard_constraints:
+        model=name_pattern(config.get("transformers", {})),
     input:
         model=rules.train_transformer.output.model,
         tokenizer=transformer_tokenizer,

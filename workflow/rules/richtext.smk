@@ -1,0 +1,112 @@
+# ------------------------------------------------------------------ rich-text generation: PPL-OCR and the DDPM baseline
+
+
+wildcard_constraints:
+    ddpm=name_pattern(config.get("ddpm", {})),
+
+
+rule fit_language_model:
+    input:
+        dataset=richtext_dataset,
+    output:
+        lm="results/richtext/language_model.pkl",
+    params:
+        cfg=stage_params("richtext.language_model"),
+        code=code_version("dnd/metrics/ppl.py"),
+    log:
+        "logs/fit_language_model.log",
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} {DND} fit-language-model --code-version {params.code} --params {params.cfg}"
+        " --dataset {input.dataset} --out {output.lm} > {log} 2>&1"
+
+
+rule train_ddpm:
+    input:
+        datasets=ddpm_datasets,
+    output:
+        model="results/ddpm/{ddpm}/model.pt",
+    params:
+        cfg=ddpm_params,
+        code=code_version("dnd/baselines/ddpm.py", "dnd/training.py", "dnd/data/images.py"),
+    log:
+        "logs/train_ddpm/{ddpm}.log",
+    benchmark:
+        "results/benchmarks/train_ddpm/{ddpm}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        "OMP_NUM_THREADS={threads} {DND} train-ddpm --code-version {params.code} --name {wildcards.ddpm} --params {params.cfg}"
+        " --datasets {input.datasets} --out {output.model} > {log} 2>&1"
+
+
+rule sample_ddpm:
+    input:
+        model=rules.train_ddpm.output.model,
+    output:
+        samples=directory("results/samples/{ddpm}/ddpm"),
+    params:
+        cfg=ddpm_params,
+        code=code_version("dnd/baselines/ddpm.py", "dnd/stages/richtext.py"),
+    log:
+        "logs/sample_ddpm/{ddpm}.log",
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        "OMP_NUM_THREADS={threads} {DND} sample-ddpm --code-version {params.code} --name {wildcards.ddpm} --params {params.cfg}"
+        " --model {input.model} --out {output.samples} > {log} 2>&1"
+
+
+rule evaluate_richtext:
+    input:
+        samples="results/samples/{model}/{sampling}",
+        lm=rules.fit_language_model.output.lm,
+    output:
+        metrics="results/metrics/richtext/{model}/{sampling}.json",
+    params:
+        cfg=richtext_eval_params(),
+        code=code_version("dnd/stages/richtext.py", "dnd/metrics/ppl.py", "dnd/metrics/ocr.py"),
+    log:
+        "logs/evaluate_richtext/{model}/{sampling}.log",
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} {DND} evaluate-richtext --code-version {params.code} --params {params.cfg}"
+        " --samples {input.samples} --lm {input.lm} --model-name {wildcards.model} --sampling-name {wildcards.sampling}"
+        " --out {output.metrics} > {log} 2>&1"
+
+
+rule evaluate_richtext_reference:
+    input:
+        dataset=richtext_dataset,
+        lm=rules.fit_language_model.output.lm,
+    output:
+        metrics="results/metrics/richtext/reference.json",
+    params:
+        cfg=richtext_eval_params(),
+        code=code_version("dnd/stages/richtext.py", "dnd/metrics/ppl.py", "dnd/metrics/ocr.py"),
+    log:
+        "logs/evaluate_richtext/reference.log",
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} {DND} evaluate-richtext --code-version {params.code} --params {params.cfg}"
+        " --reference-dataset {input.dataset} --lm {input.lm} --out {output.metrics} > {log} 2>&1"
+
+
+rule make_richtext_table:
+    input:
+        reference=rules.evaluate_richtext_reference.output.metrics,
+        metrics=richtext_metrics,
+        samples=richtext_samples,
+    output:
+        table="results/richtext.csv",
+        plot="results/richtext.png",
+        grids="results/richtext_grids.png",
+    params:
+        cfg=richtext_eval_params(),
+    log:
+        "logs/make_richtext_table.log",
+    shell:
+        "{DND} make-richtext-table --params {params.cfg} --metrics {input.reference} {input.metrics}"
+        " --samples {input.samples} --out {output.table} > {log} 2>&1"
