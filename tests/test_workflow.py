@@ -124,8 +124,16 @@ def test_nothing_to_do_after_a_complete_run(micro_run):
 @pytest.mark.parametrize(
     "edit, expected",
     [
-        (("data", "text256", "size", 96), {"make_text256", "evaluate_reconstruction", "make_table1b"}),
-        (("data", "classes", "image", "size", 8), {"prepare_images", "train_tokenizer", "evaluate_reconstruction", "make_table1a"}),
+        (("data", "text256", "size", 96), {
+            "make_text256", "evaluate_reconstruction", "make_table1b",  # Text256 column
+            "tokenize_images", "train_transformer", "sample_images", "fit_language_model", "train_ddpm",
+            "sample_ddpm", "evaluate_richtext", "evaluate_richtext_reference", "make_richtext_table",  # rich text
+        }),
+        (("data", "classes", "image", "size", 8), {
+            "prepare_images", "train_tokenizer", "evaluate_reconstruction", "make_table1a",  # Table 1a
+            "tokenize_images", "train_transformer", "sample_images", "compute_reference", "train_classifier",
+            "evaluate_generation", "make_table2", "make_table3",  # Tables 2 and 3
+        }),
         (("tokenizers", "micro_d2", "train", "steps", 20), {"train_tokenizer", "evaluate_reconstruction", "make_table1b"}),
         (("evaluation", "recon", "max_images", 1), {"evaluate_reconstruction", "make_table1a", "make_table1b"}),
         (("tables", "table1a", "notes", {"micro_cls": "edited"}), {"make_table1a"}),
