@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from dnd.launch import Interrupted, TrainingTask
 from dnd.baselines import ddpm
 from dnd.baselines.ddpm import (
     DDPMConfig,
@@ -134,11 +135,14 @@ def test_resume_after_a_stop_signal_equals_an_uninterrupted_run(dataset, tmp_pat
     cfg = dataclasses.replace(TINY, steps=12, checkpoint_every=5)
     train_ddpm(cfg, [dataset], tmp_path / "a" / "model.pt", tmp_path / "work-a")
 
+    # Through the launcher's task wrapper, as `dnd train-ddpm` runs it: the signal becomes a flag, the
+    # trainer checkpoints after the step and returns, and the task reports the interruption.
+    task = TrainingTask(train_ddpm, (cfg, [dataset], tmp_path / "b" / "model.pt", tmp_path / "work-b"), tmp_path / "work-b")
     with monkeypatch.context() as patch:
         patch.setattr(ddpm, "Progress", StopAt)
-        with pytest.raises(SystemExit) as stopped:
-            train_ddpm(cfg, [dataset], tmp_path / "b" / "model.pt", tmp_path / "work-b")
-    assert stopped.value.code == 128 + signal.SIGTERM
+        with pytest.raises(Interrupted) as stopped:
+            task()
+    assert stopped.value.signals == [signal.SIGTERM]
     assert not (tmp_path / "b" / "model.pt").exists()
     assert torch.load(tmp_path / "work-b" / "checkpoints" / "last.pt", weights_only=False)["step"] == StopAt.stop_step
 

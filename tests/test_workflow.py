@@ -116,6 +116,17 @@ def test_richtext_table_is_written(micro_run):
         assert (workdir / "results" / name).stat().st_size > 0
 
 
+def test_report_holds_every_table_and_figure(micro_run):
+    workdir, _ = micro_run
+    run = snakemake(workdir, "--configfile", "run.yaml", "--report", "report.html")
+    assert run.returncode == 0, run.stderr[-3000:]
+    html = (workdir / "report.html").read_text()
+    for name in ("table1a.csv", "table1b.csv", "table2.csv", "table3.csv", "richtext.csv",
+                 "table1a.png", "table1b.png", "table1b_grids.png", "table2.png", "table3.png",
+                 "richtext.png", "richtext_grids.png"):
+        assert name in html, f"{name} is missing from the report"
+
+
 def test_nothing_to_do_after_a_complete_run(micro_run):
     workdir, _ = micro_run
     assert planned_jobs(snakemake(workdir, "-n", "--configfile", "run.yaml")) == set()

@@ -56,8 +56,8 @@ rule make_table2:
     input:
         metrics=generation_metrics("table2"),
     output:
-        table="results/table2.csv",
-        plot="results/table2.png",
+        table=report("results/table2.csv", caption="../report/table2.rst", category="Tables 2 and 3"),
+        plot=report("results/table2.png", caption="../report/table2.rst", category="Tables 2 and 3"),
     params:
         cfg=stage_params("tables.table2"),
     log:
@@ -70,8 +70,8 @@ rule make_table3:
     input:
         metrics=generation_metrics("table3"),
     output:
-        table="results/table3.csv",
-        plot="results/table3.png",
+        table=report("results/table3.csv", caption="../report/table3.rst", category="Tables 2 and 3"),
+        plot=report("results/table3.png", caption="../report/table3.rst", category="Tables 2 and 3"),
     params:
         cfg=stage_params("tables.table3"),
     log:

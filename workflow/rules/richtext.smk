@@ -100,9 +100,9 @@ rule make_richtext_table:
         metrics=richtext_metrics,
         samples=richtext_samples,
     output:
-        table="results/richtext.csv",
-        plot="results/richtext.png",
-        grids="results/richtext_grids.png",
+        table=report("results/richtext.csv", caption="../report/richtext.rst", category="Rich text"),
+        plot=report("results/richtext.png", caption="../report/richtext.rst", category="Rich text"),
+        grids=report("results/richtext_grids.png", caption="../report/samples.rst", category="Rich text"),
     params:
         cfg=richtext_eval_params(),
     log:

@@ -67,8 +67,8 @@ rule make_table1a:
     input:
         metrics=recon_metrics("table1a"),
     output:
-        table="results/table1a.csv",
-        plot="results/table1a.png",
+        table=report("results/table1a.csv", caption="../report/table1a.rst", category="Table 1"),
+        plot=report("results/table1a.png", caption="../report/table1a.rst", category="Table 1"),
     params:
         cfg=stage_params("tables.table1a"),
     log:
@@ -81,8 +81,9 @@ rule make_table1b:
     input:
         metrics=recon_metrics("table1b"),
     output:
-        table="results/table1b.csv",
-        plot="results/table1b.png",
+        table=report("results/table1b.csv", caption="../report/table1b.rst", category="Table 1"),
+        plot=report("results/table1b.png", caption="../report/table1b.rst", category="Table 1"),
+        grids=report("results/table1b_grids.png", caption="../report/table1_grids.rst", category="Table 1"),
     params:
         cfg=stage_params("tables.table1b"),
     log:
