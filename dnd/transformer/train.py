@@ -177,7 +177,7 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
                     target.lerp_(source, 1.0 - cfg.ema_decay)
         done = step + 1
         metrics = {"loss": loss.detach().item(), "grad_norm": grad_norm.item(), "lr": lr}
-        metrics |= {f"loss_depth{d + 1}": float(v) for d, v in enumerate(per_depth)}
+        metrics |= {f"loss_depth{d + 1}": v.item() for d, v in enumerate(per_depth.detach())}
         progress.update(done, {"loss": metrics["loss"]})
         for key, value in metrics.items():
             writer.add_scalar(f"train/{key}", value, done)
