@@ -6,7 +6,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded demo is the default; `--configfile config/paper.yaml` (or any full config) replaces it
+# rather than being merged over it. A profile's `config: launch:` alone keeps the default.
+if "data" not in config:
+
+    configfile: "config/config.yaml"
+
 
 
 report: "workflow/report/workflow.rst"

@@ -42,7 +42,8 @@ def cmd_extract_wiki_text(args: argparse.Namespace) -> None:
     from dnd.stages.text_image import WikiTextConfig, extract_wiki_text
 
     cfg = _stage_config(args, "data.wiki_text")
-    extract_wiki_text(WikiTextConfig(**cfg), Path(args.out))
+    work = stage_work_dir("extract_wiki_text", "wiki_text", cfg, _fingerprint(args, [Path(cfg["dump"])]))
+    run_task("extract_wiki_text", partial(extract_wiki_text, WikiTextConfig(**cfg), Path(args.out)), work)
 
 
 def cmd_render_text_images(args: argparse.Namespace) -> None:
@@ -57,7 +58,9 @@ def cmd_resize_images(args: argparse.Namespace) -> None:
     from dnd.stages.text_image import ResizeConfig, resize_images
 
     raw = _stage_config(args, "data.text256")
-    resize_images(ResizeConfig(size=raw.get("size", 256), splits=tuple(raw.get("splits", ["test"]))), Path(args.images), Path(args.out))
+    cfg = ResizeConfig(size=raw.get("size", 256), splits=tuple(raw.get("splits", ["test"])))
+    work = stage_work_dir("resize_images", Path(args.out).name, raw, _fingerprint(args, [Path(args.images)]))
+    run_task("make_text256", partial(resize_images, cfg, Path(args.images), Path(args.out)), work)
 
 
 def cmd_rasterize_pdfs(args: argparse.Namespace) -> None:

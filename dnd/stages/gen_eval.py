@@ -54,7 +54,9 @@ class ReferenceConfig:
 
     @classmethod
     def from_dict(cls, reference: dict[str, Any], metrics: dict[str, Any]) -> "ReferenceConfig":
-        return cls(**reference, inception_weights=metrics.get("inception_weights"))
+        # `adm_batch` chooses the rule's input (the source), not how the statistics are computed.
+        fields = {k: v for k, v in reference.items() if k != "adm_batch"}
+        return cls(**fields, inception_weights=metrics.get("inception_weights"))
 
 
 @dataclass

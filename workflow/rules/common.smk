@@ -37,7 +37,7 @@ def stage_params(dotted):
     In `params:` it is also the rerun trigger: editing the subtree reruns the rule and what follows,
     editing another stage's subtree (or `launch:`) does not.
     """
-    return stage_params_of(lookup(dpath=dotted.replace(".", "/"), within=config))
+    return stage_params_of(lookup(dpath=dotted.replace(".", "/"), within=config, default={}))
 
 
 def code_version(*modules):
@@ -180,3 +180,8 @@ def name_pattern(names):
     import re
 
     return "|".join(re.escape(name) for name in names) or r"(?!x)x"
+
+
+def reference_source():
+    """An ADM reference batch when configured (ADM-evaluator mode), else the class-labelled data set."""
+    return config.get("evaluation", {}).get("reference", {}).get("adm_batch") or DATASETS["classes"]

@@ -3,7 +3,7 @@
 
 rule compute_reference:
     input:
-        source=DATASETS["classes"],
+        source=reference_source(),
     output:
         reference="results/metrics/reference/classes.npz",
     params:
