@@ -118,3 +118,40 @@ def test_sampling_writes_the_adm_batch_and_is_deterministic(trained, tokenizer, 
     assert first["n_images"] == 6 and first["variant"] == "dnd" and first["params"] > 0
     assert len(list((tmp_path / "a" / "png").glob("*.png"))) == 6
     assert shards.decode_png((tmp_path / "a" / "grid.png").read_bytes()).size[0] > 0
+
+
+def _ddp_worker(rank: int, world: int, port: int, codes_dir, out, work) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        train_transformer(TransformerSpec.from_dict("t", DETERMINISTIC), codes_dir, out, work)
+    finally:
+        dist.destroy_process_group()
+
+
+DETERMINISTIC = {
+    **TINY,
+    "model": {"variant": "dnd", "class_dropout": 0.0, "token_dropout": 0.0, "resid_dropout": 0.0, "ffn_dropout": 0.0},
+    "train": {**TINY["train"], "steps": 6, "checkpoint_every": 3, "eval_every": 6},
+}
+
+
+def test_ddp_over_two_ranks_equals_one_process_with_the_same_global_batch(codes, tmp_path):
+    """Gloo on CPU: each rank takes half of every global batch; DDP's averaged gradients must give the
+    weights a single process gets from the whole batch (no dropout, so nothing random differs)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    codes_dir, _ = codes
+    train_transformer(TransformerSpec.from_dict("t", DETERMINISTIC), codes_dir, tmp_path / "one" / "model.pt", tmp_path / "one-work")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, codes_dir, tmp_path / "two" / "model.pt", tmp_path / "two-work"), nprocs=2, join=True)
+    one = torch.load(tmp_path / "one" / "model.pt", weights_only=False)["state_dict"]
+    two = torch.load(tmp_path / "two" / "model.pt", weights_only=False)["state_dict"]
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -21,7 +21,8 @@ import torch
 
 from dnd.atomic import atomic_path, write_json
 from dnd.data.codes import CodeMapDataset, code_shards
-from dnd.transformer.model import Transformer, TransformerConfig
+from dnd.launch.distributed import init_distributed
+from dnd.transformer.model import Transformer, TransformerConfig, code_cross_entropy
 from dnd.training import Checkpointer, Progress, batch_indices, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("dnd.transformer.train")
@@ -123,16 +124,31 @@ def validate(model: Transformer, dataset: CodeMapDataset, cfg: TransformerTrainC
     return out
 
 
+def _all_ranks_agree(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank once any rank saw it (SLURM signals all tasks, but not at the same instant)."""
+    if world == 1:
+        return flag
+    tensor = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
 def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_dir: Path, tokenizer: Path | None = None, should_stop: Callable[[], bool] = lambda: False
 ) -> dict[str, Any] | None:
     cfg = spec.train
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    seed_everything(cfg.seed)
+    dist_info = init_distributed()  # rank 0 of 1 outside a multi-task job
+    world, rank = dist_info.world_size, dist_info.rank
+    if cfg.batch_size % world:
+        raise ValueError(f"transformers.{spec.name}.train.batch_size={cfg.batch_size} must split evenly over {world} ranks")
+    device = torch.device(f"cuda:{dist_info.local_rank}" if torch.cuda.is_available() else "cpu")
+    seed_everything(cfg.seed + rank)  # the ranks' dropout and label dropout differ; the data order is global
     train_set = CodeMapDataset(code_shards(codes_dir, "train"), crops_per_image=cfg.crops_per_image, seed=cfg.seed)
     val_shards = [p for p in code_shards(codes_dir, "val") if p.stat().st_size > 0]
     val_set = CodeMapDataset(val_shards) if val_shards else None
     num_classes = _num_classes(train_set)
     model = Transformer(spec.model_config(train_set, num_classes)).to(device)
+    # DDP averages the gradients of the ranks' shares of each global batch (the forward must go through it).
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay else None
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
                                   fused=device.type == "cuda")
@@ -154,7 +170,8 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
 
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(work_dir / "tensorboard"))
+    main = dist_info.is_main  # rank 0 logs, validates and writes; every rank loads the same checkpoint
+    writer = SummaryWriter(str(work_dir / "tensorboard")) if main else None
     progress = Progress(cfg.steps, start)
     log.info("%s: %s, %.2fM parameters, %d classes, %d training code maps of %dx%dx%d",
              spec.name, model.config.variant, model.num_params() / 1e6, num_classes, len(train_set),
@@ -164,9 +181,10 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        codes, labels = _batch(train_set, batch_indices(len(train_set), cfg.batch_size, cfg.seed, step), device)
+        indices = batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)[rank::world]
+        codes, labels = _batch(train_set, indices, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss, per_depth = model.loss(codes, labels)
+            loss, per_depth = code_cross_entropy(net(codes, labels), codes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -178,10 +196,11 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
         done = step + 1
         metrics = {"loss": loss.detach().item(), "grad_norm": grad_norm.item(), "lr": lr}
         metrics |= {f"loss_depth{d + 1}": v.item() for d, v in enumerate(per_depth.detach())}
-        progress.update(done, {"loss": metrics["loss"]})
-        for key, value in metrics.items():
-            writer.add_scalar(f"train/{key}", value, done)
-        if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+        if main:
+            progress.update(done, {"loss": metrics["loss"]})
+            for key, value in metrics.items():
+                writer.add_scalar(f"train/{key}", value, done)
+        if main and val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
             val = validate(ema or model, val_set, cfg, device)
             for key, value in val.items():
                 writer.add_scalar(key, value, done)
@@ -191,16 +210,20 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
                 checkpoints.save(snapshot(done), checkpoints.best)
             if tokenizer is not None:
                 sample_grid(ema or model, tokenizer, work_dir / "samples" / f"step-{done:07d}.png", cfg.seed)
-        stopping = should_stop()
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
+        stopping = _all_ranks_agree(should_stop(), world, device)  # every rank stops after the same step
+        if main and (done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping):
             checkpoints.save(snapshot(done))
         if stopping:
             progress.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
             log.warning("stopped at step %d on a signal; its checkpoint resumes the run", done)
             return None
     progress.close()
-    writer.close()
+    if writer is not None:
+        writer.close()
+    if not main:
+        return {"model": spec.name, "rank": rank}
 
     final = torch.load(checkpoints.best if checkpoints.best.exists() else checkpoints.last, map_location="cpu", weights_only=False)
     model.load_state_dict(final["ema"] if final.get("ema") is not None else final["model"])
