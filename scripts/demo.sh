@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 .venv/bin/snakemake --cores "${CORES:-2}" "$@"
 if [[ $# -eq 0 ]]; then
-    .venv/bin/snakemake --report results/report.html
+    .venv/bin/snakemake --cores "${CORES:-2}" --report results/report.html
     echo "report: results/report.html"
 fi
