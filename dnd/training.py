@@ -37,6 +37,30 @@ def batch_indices(n_items: int, batch_size: int, seed: int, step: int) -> np.nda
     return np.asarray(out)
 
 
+class StepBatchSampler(torch.utils.data.Sampler):
+    """The batches of steps start..steps-1 for a DataLoader: a function of (seed, step) only.
+
+    With `crop_seeds`, each index comes as `(index, (seed, step, position))`, a seed for the sample's
+    random crop, so crops too are the same whether or not the run was interrupted.
+    """
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, start: int, steps: int, crop_seeds: bool = False):
+        self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
+        self.start, self.steps, self.crop_seeds = start, steps, crop_seeds
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            indices = batch_indices(self.n_items, self.batch_size, self.seed, step).tolist()
+            yield [(i, (self.seed, step, k)) for k, i in enumerate(indices)] if self.crop_seeds else indices
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

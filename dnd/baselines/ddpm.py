@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from dnd.atomic import atomic_path, write_json
 from dnd.data.images import ImageShardDataset, to_uint8
-from dnd.training import Checkpointer, Progress, batch_indices, rng_state, seed_everything, set_rng_state
+from dnd.training import Checkpointer, Progress, StepBatchSampler, batch_indices, default_device, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("dnd.baselines.ddpm")
 
@@ -198,28 +198,10 @@ def load_ddpm(path: Path, device: str | torch.device = "cpu") -> tuple[UNet2DMod
     return model.to(device).eval(), cfg
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class _StepSampler(torch.utils.data.Sampler):
-    """Yields the batch indices of steps start..steps-1."""
-
-    def __init__(self, n_items: int, cfg: DDPMConfig, start: int):
-        self.n_items, self.cfg, self.start = n_items, cfg, start
-
-    def __iter__(self):
-        for step in range(self.start, self.cfg.steps):
-            yield batch_indices(self.n_items, self.cfg.batch_size, self.cfg.seed, step).tolist()
-
-    def __len__(self) -> int:
-        return max(0, self.cfg.steps - self.start)
-
-
 def train_ddpm(cfg: DDPMConfig, datasets: list[Path], out: Path, work_dir: Path, should_stop: Callable[[], bool] = lambda: False
 ) -> dict[str, Any] | None:
     """Train on the train split of `datasets`; write `out` (model.pt) and `train_summary.json` beside it."""
-    device = _device()
+    device = default_device()
     seed_everything(cfg.seed)
     train_set = ImageShardDataset(datasets, "train", cfg.channels, cfg.resolution)
     scheduler = make_scheduler(cfg)
@@ -245,7 +227,7 @@ def train_ddpm(cfg: DDPMConfig, datasets: list[Path], out: Path, work_dir: Path,
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(work_dir / "tensorboard"))
-    loader = DataLoader(train_set, batch_sampler=_StepSampler(len(train_set), cfg, start), num_workers=cfg.num_workers)
+    loader = DataLoader(train_set, batch_sampler=StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, start, cfg.steps), num_workers=cfg.num_workers)
     progress = Progress(cfg.steps, start)
     model.train()
     loss_value = float("nan")
@@ -292,7 +274,7 @@ def sample_ddpm(model_path: Path, n: int, seed: int, batch_size: int = 16, num_i
     Image i depends on (seed, i) only, so shards drawn with different `start`s and batch sizes
     concatenate to the same images as one run.
     """
-    device = torch.device(device) if device is not None else _device()
+    device = torch.device(device) if device is not None else default_device()
     model, cfg = load_ddpm(model_path, device)
     scheduler = make_scheduler(cfg)
     scheduler.set_timesteps(num_inference_steps or cfg.num_inference_steps)

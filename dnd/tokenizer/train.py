@@ -24,7 +24,7 @@ from dnd.atomic import atomic_path, write_json
 from dnd.data.images import ImageShardDataset, to_pil, to_uint8
 from dnd.tokenizer.losses import TokenizerLoss, TokenizerLossConfig
 from dnd.tokenizer.rqvae import RQVAE, RQVAEConfig, rqvae_config
-from dnd.training import Checkpointer, Progress, batch_indices, rng_state, seed_everything, set_rng_state
+from dnd.training import Checkpointer, Progress, StepBatchSampler, default_device, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("dnd.tokenizer.train")
 
@@ -78,25 +78,6 @@ def load_tokenizer(path: Path, device: str | torch.device = "cpu") -> RQVAE:
     return model.to(device).eval()
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class _StepSampler(torch.utils.data.Sampler):
-    """Yields the batches of steps start..total-1 as lists of (index, crop seed)."""
-
-    def __init__(self, n_items: int, cfg: TokenizerTrainConfig, start: int):
-        self.n_items, self.cfg, self.start = n_items, cfg, start
-
-    def __iter__(self):
-        for step in range(self.start, self.cfg.steps):
-            indices = batch_indices(self.n_items, self.cfg.batch_size, self.cfg.seed, step)
-            yield [(int(i), (self.cfg.seed, step, k)) for k, i in enumerate(indices)]
-
-    def __len__(self) -> int:
-        return max(0, self.cfg.steps - self.start)
-
-
 @torch.no_grad()
 def validate(model: RQVAE, loss_fn: TokenizerLoss, images: torch.Tensor, step: int) -> dict[str, float]:
     was_training = model.training
@@ -126,7 +107,7 @@ def recon_grid(model: RQVAE, images: torch.Tensor, path: Path) -> None:
 def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_dir: Path, should_stop: Callable[[], bool] = lambda: False
 ) -> dict[str, Any] | None:
     cfg = spec.train
-    device = _device()
+    device = default_device()
     seed_everything(cfg.seed)
     channels = spec.model.in_channels
     train_set = ImageShardDataset(datasets, "train", channels, cfg.resolution, cfg.crop)
@@ -169,7 +150,7 @@ def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_d
     writer = SummaryWriter(str(work_dir / "tensorboard"))
     # The loader gets a generator of its own: starting an iteration draws a seed from it, which must not
     # shift the global RNG stream (a resumed run would then diverge from an uninterrupted one).
-    loader = DataLoader(train_set, batch_sampler=_StepSampler(len(train_set), cfg, start), num_workers=cfg.num_workers,
+    loader = DataLoader(train_set, batch_sampler=StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, start, cfg.steps, crop_seeds=True), num_workers=cfg.num_workers,
                         generator=torch.Generator().manual_seed(cfg.seed))
     progress = Progress(cfg.steps, start)
     model.train()
