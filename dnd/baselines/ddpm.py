@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from dnd.atomic import atomic_path, write_json
 from dnd.data.images import ImageShardDataset, to_uint8
-from dnd.training import Checkpointer, Progress, StepBatchSampler, batch_indices, default_device, rng_state, seed_everything, set_rng_state
+from dnd.training import Checkpointer, Progress, StepBatchSampler, default_device, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("dnd.baselines.ddpm")
 
