@@ -42,8 +42,8 @@ def cmd_extract_wiki_text(args: argparse.Namespace) -> None:
     from dnd.stages.text_image import WikiTextConfig, extract_wiki_text
 
     cfg = _stage_config(args, "data.wiki_text")
-    work = stage_work_dir("extract_wiki_text", "wiki_text", cfg, _fingerprint(args, [Path(cfg["dump"])]))
-    run_task("extract_wiki_text", partial(extract_wiki_text, WikiTextConfig(**cfg), Path(args.out)), work)
+    # A single streaming pass, in this process (a multistream index would let it fan out; not yet used).
+    extract_wiki_text(WikiTextConfig(**cfg), Path(args.out))
 
 
 def cmd_render_text_images(args: argparse.Namespace) -> None:
@@ -59,8 +59,7 @@ def cmd_resize_images(args: argparse.Namespace) -> None:
 
     raw = _stage_config(args, "data.text256")
     cfg = ResizeConfig(size=raw.get("size", 256), splits=tuple(raw.get("splits", ["test"])))
-    work = stage_work_dir("resize_images", Path(args.out).name, raw, _fingerprint(args, [Path(args.images)]))
-    run_task("make_text256", partial(resize_images, cfg, Path(args.images), Path(args.out)), work)
+    resize_images(cfg, Path(args.images), Path(args.out))
 
 
 def cmd_rasterize_pdfs(args: argparse.Namespace) -> None:
