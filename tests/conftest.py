@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 
 import pytest
 
@@ -34,3 +39,21 @@ def slurm(slurm_cluster: SlurmCluster) -> SlurmCluster:
     """The cluster with no job left alive by the previous test."""
     slurm_cluster.cancel_all()
     return slurm_cluster
+
+
+# Shared by the FID and generation-evaluation tests.
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory) -> Path:
+    """torch-fidelity's Inception with random weights, saved as a state dict like the real weights file."""
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as patch:
+        # Build the bare network: skip the constructor's weight loading (it would download).
+        patch.setattr(tf_inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        network = tf_inception.FeatureExtractorInceptionV3("random", ["2048"])
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):  # He init keeps activations alive through ~40 conv layers
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("inception") / "inception-random.pth"
+    torch.save(network.state_dict(), path)
+    return path

@@ -1,8 +1,6 @@
 import numpy as np
 import pytest
 import torch
-import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
-from torch import nn
 
 from dnd.metrics.adm import read_adm_batch, reference_from_adm_batch, write_adm_batch
 from dnd.metrics.fid import (
@@ -15,23 +13,6 @@ from dnd.metrics.fid import (
     precision_recall,
 )
 from dnd.metrics.inception import WEIGHTS_SETTING, InceptionWeightsMissing, load_inception
-
-
-@pytest.fixture(scope="module")
-def random_weights(tmp_path_factory):
-    """torch-fidelity's Inception with random weights, saved as a state dict like the real weights file."""
-    torch.manual_seed(0)
-    with pytest.MonkeyPatch.context() as patch:
-        # Build the bare network: skip the constructor's weight loading (it would download).
-        patch.setattr(tf_inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
-        patch.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
-        network = tf_inception.FeatureExtractorInceptionV3("random", ["2048"])
-    for module in network.modules():
-        if isinstance(module, nn.Conv2d):  # He init keeps activations alive through ~40 conv layers
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    path = tmp_path_factory.mktemp("inception") / "inception-random.pth"
-    torch.save(network.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")

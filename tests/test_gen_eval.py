@@ -8,8 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
-from torch import nn
 
 from dnd import gen_tables
 from dnd.data import shards
@@ -47,23 +45,6 @@ def digits(tmp_path_factory) -> Path:
 def classifier_path(digits, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("classifier") / "classifier.pt"
     train_classifier(digits, path, FAST_CLASSIFIER)
-    return path
-
-
-@pytest.fixture(scope="module")
-def random_weights(tmp_path_factory) -> Path:
-    """torch-fidelity's Inception with random weights, saved as a state dict like the real weights file."""
-    torch.manual_seed(0)
-    with pytest.MonkeyPatch.context() as patch:
-        # Build the bare network: skip the constructor's weight loading (it would download).
-        patch.setattr(tf_inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
-        patch.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
-        network = tf_inception.FeatureExtractorInceptionV3("random", ["2048"])
-    for module in network.modules():
-        if isinstance(module, nn.Conv2d):  # He init keeps activations alive through ~40 conv layers
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    path = tmp_path_factory.mktemp("inception") / "inception-random.pth"
-    torch.save(network.state_dict(), path)
     return path
 
 
