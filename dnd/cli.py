@@ -125,10 +125,11 @@ def cmd_evaluate_reconstruction(args: argparse.Namespace) -> None:
 def cmd_tokenize_images(args: argparse.Namespace) -> None:
     from dnd.stages.tokenize import tokenize_images
 
-    raw = {"tokenizer": args.tokenizer, "dataset": args.dataset, "batch_size": args.batch_size}
+    raw = {"tokenizer": args.tokenizer, "dataset": args.dataset, "batch_size": args.batch_size, "ten_crop_scale": args.ten_crop_scale}
     inputs = _fingerprint(args, [Path(args.tokenizer), Path(args.dataset)])
     work = Path(args.work_dir) if args.work_dir else stage_work_dir("tokenize_images", Path(args.tokenizer).parent.name, raw, inputs)
-    tokenize_images(Path(args.tokenizer), Path(args.tokenizer).parent.name, Path(args.dataset), Path(args.out), work, args.batch_size)
+    tokenize_images(Path(args.tokenizer), Path(args.tokenizer).parent.name, Path(args.dataset), Path(args.out), work, args.batch_size,
+                    args.ten_crop_scale)
 
 
 def cmd_make_table1(args: argparse.Namespace) -> None:
@@ -377,6 +378,8 @@ COMMANDS: list[Command] = [
             ("--dataset", dict(required=True, help="image data set folder")),
             ("--out", dict(required=True, help="output code-map folder")),
             ("--batch-size", dict(type=int, default=32, help="images per encoder batch")),
+            ("--ten-crop-scale", dict(type=float, default=None,
+                                      help="tokenize the train split as ten crops of the images resized by this factor (e.g. 1.1)")),
             ("--work-dir", dict(help="where finished code shards are kept between runs")),
         ],
     ),

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from dnd.data import shards
-from dnd.data.codes import CodeMapDataset, code_shards
+from dnd.data.codes import CENTRE_CROP, CodeMapDataset, code_shards, draw_crops
 from dnd.data.images import to_tensor
 from dnd.data.render import PageLayout, RenderConfig
 from dnd.stages.recon import ORIGINAL, ReconEvalConfig, evaluate_reconstruction
-from dnd.stages.tokenize import tokenize_images
+from dnd.stages.tokenize import ten_crops, tokenize_images
 from dnd.tokenizer.train import TokenizerSpec, load_tokenizer, train_tokenizer
 from testdata import REPO
 
@@ -98,7 +98,7 @@ def trained(text_dataset, tmp_path_factory):
 
 def test_code_maps_round_trip_through_plain_pyarrow(trained, text_dataset, tmp_path):
     manifest = tokenize_images(trained, "tiny", text_dataset, tmp_path / "codes", tmp_path / "work", batch_size=4)
-    assert manifest["code_map"] == {"height": 16, "width": 16, "depth": 2, "codebook_size": 32, "tokenizer": "tiny"}
+    assert manifest["code_map"] == {"height": 16, "width": 16, "depth": 2, "codebook_size": 32, "tokenizer": "tiny", "crops_per_image": 1}
     model = load_tokenizer(trained)
     records = list(shards.iter_records(text_dataset, "test"))
     expected = model.encode(torch.stack([to_tensor(shards.decode_png(r["png"]), 1) for r in records])).numpy()
@@ -118,6 +118,32 @@ def test_code_maps_round_trip_through_plain_pyarrow(trained, text_dataset, tmp_p
     tokenize_images(trained, "tiny", text_dataset, tmp_path / "codes2", tmp_path / "work", batch_size=4)
     assert [p.stat().st_mtime_ns for p in finished] == stamps
     assert (tmp_path / "codes2" / "test" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_ten_crop_code_maps(trained, text_dataset, tmp_path):
+    """The authors' ImageNet recipe: ten code maps per training image, one per crop; val/test keep one."""
+    manifest = tokenize_images(trained, "tiny", text_dataset, tmp_path / "codes", tmp_path / "work", batch_size=8, ten_crop_scale=1.25)
+    assert manifest["crops_per_image"] == {"train": 10, "val": 1, "test": 1}
+    model = load_tokenizer(trained)
+    records = list(shards.iter_records(text_dataset, "train"))
+    crops = ten_crops(shards.decode_png(records[1]["png"]), 1.25)
+    assert [c.size for c in crops] == [(128, 128)] * 10
+    expected = model.encode(torch.stack([to_tensor(c, 1) for c in crops])).numpy()
+
+    train = CodeMapDataset(code_shards(tmp_path / "codes", "train"))
+    assert (len(train), train.crops, train.info.crops_per_image) == (len(records), 10, 10)
+    assert train.files[0].ids[10:12].to_pylist() == [f"{records[1]['id']}/crop0", f"{records[1]['id']}/crop1"]
+    for k in range(10):
+        np.testing.assert_array_equal(train.get(1, k)[0], expected[k])
+    np.testing.assert_array_equal(train[1][0], expected[CENTRE_CROP])
+    assert not np.array_equal(expected[0], expected[CENTRE_CROP])  # the corners differ from the centre
+    assert len(CodeMapDataset(code_shards(tmp_path / "codes", "test"))) == len(SENTENCES)
+    # the trainer's crop draw is a function of (seed, step): a resumed run draws the same crops
+    np.testing.assert_array_equal(draw_crops(16, 10, seed=0, step=7), draw_crops(16, 10, seed=0, step=7))
+    assert not np.array_equal(draw_crops(16, 10, seed=0, step=7), draw_crops(16, 10, seed=0, step=8))
+    assert set(draw_crops(1000, 10, seed=0, step=0)) == set(range(10))
+    with pytest.raises(ValueError, match="ten_crop_scale"):
+        tokenize_images(trained, "tiny", text_dataset, tmp_path / "codes-bad", tmp_path / "work-bad", ten_crop_scale=0.5)
 
 
 def test_reconstruction_metrics(trained, text_dataset, tmp_path):

@@ -4,7 +4,8 @@ One file per (split, shard): `<codes>/<split>/shard-00003-of-00008.arrow`, Arrow
 (memory-mappable), columns `id` (string), `label` (int32, null when the data set has none) and
 `codes` (`fixed_size_list<uint16>[h·w·D]`, the code map flattened in (row, column, depth) order:
 depth first, spatial second, as the paper orders it). The schema metadata records h, w, D, the
-codebook size and the tokenizer. Plain `pyarrow` (or HF `datasets.Dataset.from_file`) reads it:
+codebook size, the tokenizer and `crops_per_image`: 10 for a split tokenized with ten-crop
+augmentation (the authors' ImageNet recipe), whose rows `i*10 … i*10+9` are the crops of image i. Plain `pyarrow` (or HF `datasets.Dataset.from_file`) reads it:
 
     import pyarrow as pa
     table = pa.ipc.open_file(pa.memory_map(path)).read_all()
@@ -31,6 +32,7 @@ class CodeMapInfo:
     depth: int
     codebook_size: int
     tokenizer: str = ""
+    crops_per_image: int = 1  # 10: consecutive rows are the ten crops of one image (torchvision's ten_crop order)
 
     @property
     def length(self) -> int:
@@ -98,15 +100,27 @@ class CodeMapFile:
         return self.codes.shape[0]
 
 
+# torchvision's ten_crop order: 4 corners, centre, then the same five of the flipped image
+CENTRE_CROP = 4
+
+
+def draw_crops(count: int, crops: int, seed: int, step: int) -> np.ndarray:
+    """Which crop each of a batch's `count` images uses at a training step: a pure function of
+    (seed, step), so a resumed run draws the same crops as an uninterrupted one."""
+    if crops == 1:
+        return np.zeros(count, dtype=np.int64)
+    return np.random.default_rng([seed, step, 0xC0DE]).integers(crops, size=count)
+
+
 class CodeMapDataset:
     """All code maps of a split (several shards), indexable: item i → (codes (h, w, D) int64, label).
 
-    Unlabelled data sets give label -1. With `crops_per_image > 1` (ten-crop augmentation, as the
-    authors did for ImageNet), consecutive rows `i*k … i*k+k-1` hold the crops of image i and one of
-    them is drawn per access from `rng`.
+    Unlabelled data sets give label -1. A split tokenized with ten-crop augmentation has
+    `crops_per_image` rows per image: `dataset[i]` is image i's centre crop, `dataset.get(i, crop)`
+    any of them (the trainer draws one per sample with `draw_crops`).
     """
 
-    def __init__(self, paths: list[Path], crops_per_image: int = 1, seed: int = 0):
+    def __init__(self, paths: list[Path]):
         if not paths:
             raise FileNotFoundError("no code-map shards given")
         self.files = [CodeMapFile(p) for p in paths]
@@ -114,15 +128,21 @@ class CodeMapDataset:
         if len(infos) != 1:
             raise ValueError(f"code-map shards disagree on their shape/tokenizer: {infos}")
         self.info = infos.pop()
-        self.crops = crops_per_image
+        self.crops = self.info.crops_per_image
         self._offsets = np.cumsum([0] + [len(f) for f in self.files])
-        self._rng = np.random.default_rng(seed)
+        if self._offsets[-1] % self.crops:
+            raise ValueError(f"{int(self._offsets[-1])} rows do not hold whole sets of {self.crops} crops: {paths}")
 
     def __len__(self) -> int:
         return int(self._offsets[-1]) // self.crops
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        row = index * self.crops + (int(self._rng.integers(self.crops)) if self.crops > 1 else 0)
+        return self.get(index, CENTRE_CROP if self.crops == 10 else 0)
+
+    def get(self, index: int, crop: int = 0) -> tuple[np.ndarray, int]:
+        if not 0 <= crop < self.crops:
+            raise IndexError(f"crop {crop} of {self.crops}")
+        row = index * self.crops + crop
         file_index = int(np.searchsorted(self._offsets, row, side="right") - 1)
         local = row - int(self._offsets[file_index])
         source = self.files[file_index]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dnd.atomic import atomic_path, write_json
-from dnd.data.codes import CodeMapDataset, code_shards
+from dnd.data.codes import CodeMapDataset, code_shards, draw_crops
 from dnd.launch.distributed import init_distributed
 from dnd.transformer.model import Transformer, TransformerConfig, code_cross_entropy
 from dnd.training import Checkpointer, Progress, batch_indices, rng_state, seed_everything, set_rng_state
@@ -38,7 +38,6 @@ class TransformerTrainConfig:
     grad_clip: float = 1.0
     warmup_steps: int = 0  # linear LR warm-up; constant after (the authors: constant)
     ema_decay: float | None = None  # e.g. 0.9999 (the authors' optional EMA); None = off
-    crops_per_image: int = 1  # >1: rows hold ten-crop code maps, one drawn per sample (authors' ImageNet recipe)
     checkpoint_every: int = 200
     eval_every: int = 500
     eval_batches: int = 4  # validation batches for the validation loss
@@ -96,8 +95,10 @@ def _param_groups(model: Transformer, weight_decay: float) -> list[dict[str, Any
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _batch(dataset: CodeMapDataset, indices: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    items = [dataset[int(i)] for i in indices]
+def _batch(dataset: CodeMapDataset, indices: np.ndarray, device: torch.device, crops: np.ndarray | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Code maps and labels of `indices`; `crops` picks each one's crop in a ten-crop split (default: centre)."""
+    items = [dataset[int(i)] for i in indices] if crops is None else [dataset.get(int(i), int(c)) for i, c in zip(indices, crops)]
     codes = torch.from_numpy(np.stack([c for c, _ in items])).to(device)
     labels = torch.tensor([label for _, label in items], device=device)
     return codes, (labels if bool((labels >= 0).all()) else None)
@@ -142,7 +143,7 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
         raise ValueError(f"transformers.{spec.name}.train.batch_size={cfg.batch_size} must split evenly over {world} ranks")
     device = torch.device(f"cuda:{dist_info.local_rank}" if torch.cuda.is_available() else "cpu")
     seed_everything(cfg.seed + rank)  # the ranks' dropout and label dropout differ; the data order is global
-    train_set = CodeMapDataset(code_shards(codes_dir, "train"), crops_per_image=cfg.crops_per_image, seed=cfg.seed)
+    train_set = CodeMapDataset(code_shards(codes_dir, "train"))
     val_shards = [p for p in code_shards(codes_dir, "val") if p.stat().st_size > 0]
     val_set = CodeMapDataset(val_shards) if val_shards else None
     num_classes = _num_classes(train_set)
@@ -181,8 +182,9 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        indices = batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)[rank::world]
-        codes, labels = _batch(train_set, indices, device)
+        indices = batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)
+        crops = draw_crops(len(indices), train_set.crops, cfg.seed, step)  # of the global batch: same on every rank
+        codes, labels = _batch(train_set, indices[rank::world], device, crops[rank::world])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss, per_depth = code_cross_entropy(net(codes, labels), codes)
         optimizer.zero_grad(set_to_none=True)

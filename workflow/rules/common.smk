@@ -111,6 +111,14 @@ def dataset_path(wildcards):
     return DATASETS[wildcards.dataset]
 
 
+def ten_crop_arg(wildcards):
+    """`--ten-crop-scale S` for the data sets listed in `tokenize.ten_crop` (a rerun trigger per data set)."""
+    tokenize = config.get("tokenize", {})
+    if wildcards.dataset in tokenize.get("ten_crop", []):
+        return f"--ten-crop-scale {tokenize.get('ten_crop_scale', 1.1)}"
+    return ""
+
+
 def transformer_params(wildcards):
     return stage_params(f"transformers.{wildcards.model}")
 

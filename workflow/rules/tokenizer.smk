@@ -53,6 +53,7 @@ rule tokenize_images:
     output:
         codes=directory("results/codes/{tokenizer}/{dataset}"),
     params:
+        crops=ten_crop_arg,
         code=code_version("dnd/stages/tokenize.py", "dnd/data/codes.py"),
     log:
         "logs/tokenize_images/{tokenizer}/{dataset}.log",
@@ -60,7 +61,8 @@ rule tokenize_images:
         "results/benchmarks/tokenize_images/{tokenizer}/{dataset}.tsv"
     threads: workflow.cores
     shell:
-        "DND_WORKERS={threads} {DND} tokenize-images --code-version {params.code} --tokenizer {input.tokenizer} --dataset {input.dataset} --out {output.codes} > {log} 2>&1"
+        "DND_WORKERS={threads} {DND} tokenize-images --code-version {params.code} --tokenizer {input.tokenizer} --dataset {input.dataset} {params.crops}"
+        " --out {output.codes} > {log} 2>&1"
 
 
 rule make_table1a:
