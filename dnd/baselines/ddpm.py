@@ -203,7 +203,7 @@ def train_ddpm(cfg: DDPMConfig, datasets: list[Path], out: Path, work_dir: Path,
     """Train on the train split of `datasets`; write `out` (model.pt) and `train_summary.json` beside it."""
     device = default_device()
     seed_everything(cfg.seed)
-    train_set = ImageShardDataset(datasets, "train", cfg.channels, cfg.resolution)
+    train_set = ImageShardDataset(datasets, "train", cfg.channels, cfg.resolution, cache_dir=work_dir / "images")
     scheduler = make_scheduler(cfg)
     model = build_unet(cfg).to(device)
     ema = build_unet(cfg).to(device).requires_grad_(False)

@@ -1,13 +1,19 @@
 """Image data sets as tensors: the Parquet shards of one or more data sets, decoded on access.
 
-PNG bytes stay compressed in memory (an Arrow binary column); an item is decoded, converted to the
+PNG bytes stay compressed (an Arrow binary column); an item is decoded, converted to the
 tokenizer's channels, resized to the training resolution and (optionally) randomly cropped from a
 seed that the sampler passes with the index, so the data order and crops are a function of
 (seed, step) alone and a resumed run sees exactly the batches it would have seen.
+
+Where the PNG bytes live: in process memory by default (small sets, evaluation), or — given a
+`cache_dir` (the trainers pass their work area) — in uncompressed Arrow IPC copies of the shards,
+memory-mapped: a training set far larger than RAM (ImageNet's ~1.3M images) then costs page cache,
+shared by the DataLoader workers, instead of resident memory per process.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +22,23 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from dnd.atomic import atomic_path
 from dnd.data.shards import decode_png, split_shards
+
+
+def mapped_png_column(shard: Path, cache_dir: Path) -> pa.ChunkedArray:
+    """The shard's `png` column from a memory-mapped Arrow IPC copy in cache_dir (made once per shard version)."""
+    stat = shard.stat()
+    key = hashlib.sha256(f"{shard.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = Path(cache_dir) / f"{shard.stem}-{key}.arrow"
+    if not target.exists():
+        source = pq.ParquetFile(shard)
+        with atomic_path(target) as tmp:
+            schema = pa.schema([pa.field("png", pa.binary())])
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                for batch in source.iter_batches(batch_size=256, columns=["png"]):  # streamed: never the whole shard
+                    writer.write_batch(batch)
+    return pa.ipc.open_file(pa.memory_map(str(target), "r")).read_all()["png"]
 
 
 def to_tensor(image: Image.Image, channels: int) -> torch.Tensor:
@@ -40,17 +62,22 @@ class ImageShardDataset(torch.utils.data.Dataset):
     """Items: `(index, crop_seed)` → image tensor (C, size, size); or an int index → the full image."""
 
     def __init__(self, datasets: list[Path], split: str, channels: int, resolution: int | None, crop: int | None = None,
-                 limit: int | None = None, columns: tuple[str, ...] = ("id", "text")):
+                 limit: int | None = None, columns: tuple[str, ...] = ("id", "text"), cache_dir: Path | None = None):
         pngs, extra = [], {name: [] for name in columns}
         for dataset in datasets:
             for shard in split_shards(Path(dataset), split):
-                table = pq.read_table(shard, columns=["png", *columns])
-                pngs.append(table["png"])
+                if cache_dir is None:
+                    pngs.append(pq.read_table(shard, columns=["png"])["png"])
+                else:
+                    pngs.append(mapped_png_column(shard, cache_dir))
+                table = pq.read_table(shard, columns=list(columns))
                 for name in columns:
                     extra[name].extend(table[name].to_pylist())
         if not pngs or sum(len(chunk) for chunk in pngs) == 0:
             raise FileNotFoundError(f"no {split!r} images in {[str(d) for d in datasets]}")
-        self.pngs = pa.chunked_array([c for chunk in pngs for c in chunk.chunks], pa.binary()).combine_chunks()
+        pngs = pa.chunked_array([c for chunk in pngs for c in chunk.chunks], pa.binary())
+        # In memory: one contiguous array. Mapped: keep the chunks (combining them would copy into memory).
+        self.pngs = pngs.combine_chunks() if cache_dir is None else pngs
         self.meta = extra
         self.channels, self.resolution, self.crop = channels, resolution, crop
         self.length = len(self.pngs) if limit is None else min(limit, len(self.pngs))
