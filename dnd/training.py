@@ -4,7 +4,8 @@ Resume is the same code path as start: `Checkpointer.load()` returns the last st
 killed at any point and restarted reaches the same step count with the same batches, because the
 batch order is a pure function of (seed, step), never of how many times the run was restarted.
 Signals are the launcher's business (`dnd.launch.TrainingTask`): a trainer takes a `should_stop()`
-callable, checks it after each step, and returns None after saving its checkpoint once it is true.
+callable, checks it after each step, and returns None after saving its checkpoint once it is true;
+under data parallelism every rank stops after the same step (`all_ranks_agree`).
 """
 
 from __future__ import annotations
@@ -41,24 +42,51 @@ class StepBatchSampler(torch.utils.data.Sampler):
     """The batches of steps start..steps-1 for a DataLoader: a function of (seed, step) only.
 
     With `crop_seeds`, each index comes as `(index, (seed, step, position))`, a seed for the sample's
-    random crop, so crops too are the same whether or not the run was interrupted.
+    random crop, so crops too are the same whether or not the run was interrupted. Under data
+    parallelism (`world` > 1) rank `rank` gets the contiguous slice rank·B/world … (rank+1)·B/world of
+    each global batch B: the ranks' shares concatenated in rank order are the global batch, and a
+    sample keeps the crop seed of its position in the global batch.
     """
 
-    def __init__(self, n_items: int, batch_size: int, seed: int, start: int, steps: int, crop_seeds: bool = False):
+    def __init__(self, n_items: int, batch_size: int, seed: int, start: int, steps: int, crop_seeds: bool = False,
+                 rank: int = 0, world: int = 1):
+        if batch_size % world or not 0 <= rank < world:
+            raise ValueError(f"rank {rank} of {world}: the batch size {batch_size} must split evenly over the ranks")
         self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
         self.start, self.steps, self.crop_seeds = start, steps, crop_seeds
+        share = batch_size // world
+        self.positions = range(rank * share, (rank + 1) * share)
 
     def __iter__(self):
         for step in range(self.start, self.steps):
             indices = batch_indices(self.n_items, self.batch_size, self.seed, step).tolist()
-            yield [(i, (self.seed, step, k)) for k, i in enumerate(indices)] if self.crop_seeds else indices
+            if self.crop_seeds:
+                yield [(indices[k], (self.seed, step, k)) for k in self.positions]
+            else:
+                yield [indices[k] for k in self.positions]
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def default_device(local_rank: int = 0) -> torch.device:
+    """This process's device: GPU `local_rank` of its node (one process per GPU), else the CPU."""
+    return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+
+
+def all_ranks_agree(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank once any rank saw it (SLURM signals all tasks, but not at the same instant)."""
+    if world == 1:
+        return flag
+    tensor = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def wait_for_all_ranks(world: int, device: torch.device) -> None:
+    """Return once every rank got here, e.g. after rank 0 wrote the checkpoint a restarted run reads."""
+    if world > 1:
+        torch.distributed.all_reduce(torch.zeros(1, device=device))  # a barrier on the ranks' own devices
 
 
 def seed_everything(seed: int) -> None:

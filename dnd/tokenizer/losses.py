@@ -22,6 +22,7 @@ from pathlib import Path
 import lpips
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from einops import repeat
 from torch import Tensor, nn
@@ -208,9 +209,18 @@ def hinge_discriminator_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor
 
 def adaptive_gan_weight(rec_loss: Tensor, gan_loss: Tensor, last_layer: Tensor, max_weight: float) -> Tensor:
     """||∇_last rec|| / (||∇_last gan|| + 1e-4), clamped to [0, max_weight], detached: balances the GAN
-    gradient against the reconstruction gradient at the decoder's output layer."""
+    gradient against the reconstruction gradient at the decoder's output layer.
+
+    Under torch.distributed (every rank calls it together, each on its share of the batch) the two
+    gradients are averaged over the ranks first, as DDP averages the weights' gradients: every rank
+    gets the same weight, computed from the gradients of the whole batch's losses.
+    """
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     gan_grad = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+    if dist.is_available() and dist.is_initialized():
+        grads = torch.stack([rec_grad, gan_grad])
+        dist.all_reduce(grads)
+        rec_grad, gan_grad = grads / dist.get_world_size()
     return (rec_grad.norm() / (gan_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()
 
 
@@ -250,7 +260,8 @@ class TokenizerLoss(nn.Module):
         """Total loss for the tokenizer's optimizer, and detached terms for logging.
 
         The GAN term needs gradients (adaptive weight), so it is left out under `torch.no_grad()`
-        (validation), as in the authors' evaluation.
+        (validation), as in the authors' evaluation. With gradients and the GAN term active, under
+        torch.distributed every rank must call it together (the adaptive weight averages over ranks).
         """
         rec_loss, terms = self.reconstruction_loss(images, recon)
         total = rec_loss + self.config.commitment_weight * commitment_loss
@@ -263,16 +274,20 @@ class TokenizerLoss(nn.Module):
         terms["total"] = total
         return total, {name: value.detach() for name, value in terms.items()}
 
-    def discriminator_loss(self, images: Tensor, recon: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def discriminator_loss(
+        self, images: Tensor, recon: Tensor, step: int, discriminator: nn.Module | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Hinge loss of the discriminator on real images and (detached) reconstructions.
 
         Call it only while `gan_active(step)`. The generator loss leaves gradients on the discriminator
-        too: zero them before this loss's backward.
+        too: zero them before this loss's backward. `discriminator` runs in place of `self.discriminator`,
+        e.g. its DistributedDataParallel wrapper (whose backward averages the gradients over ranks).
         """
         if not self.gan_active(step):
             raise RuntimeError(f"the discriminator is not active at step {step} (disc_start_step, gan_weight)")
-        logits_real = self.discriminator(images.detach())
-        logits_fake = self.discriminator(recon.detach())
+        discriminator = self.discriminator if discriminator is None else discriminator
+        logits_real = discriminator(images.detach())
+        logits_fake = discriminator(recon.detach())
         loss = hinge_discriminator_loss(logits_real, logits_fake)
         logs = {"discriminator": loss, "logits_real": logits_real.mean(), "logits_fake": logits_fake.mean()}
         return loss, {name: value.detach() for name, value in logs.items()}

@@ -40,14 +40,61 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def _draw_indices(total: int, n: int, device: torch.device) -> Tensor:
+    """n row indices out of `total`, at random (without replacement when there are enough)."""
+    if total >= n:
+        return torch.randperm(total, device=device)[:n]
+    return torch.randint(total, (n,), device=device)
+
+
 @torch.no_grad()
 def _sample_rows(vectors: Tensor, n: int) -> Tensor:
     """n rows drawn at random from vectors (without replacement when there are enough)."""
-    if vectors.shape[0] >= n:
-        index = torch.randperm(vectors.shape[0], device=vectors.device)[:n]
-    else:
-        index = torch.randint(vectors.shape[0], (n,), device=vectors.device)
-    return vectors[index]
+    return vectors[_draw_indices(vectors.shape[0], n, vectors.device)]
+
+
+def _rank_sizes(size: int, device: torch.device) -> list[int]:
+    """Every rank's `size`, in rank order."""
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([size], device=device))
+    return [int(s) for s in sizes]
+
+
+@torch.no_grad()
+def _gather_rows(rows: Tensor) -> Tensor:
+    """(n_r, C) on each rank -> every rank's rows in rank order: the ranks' shares back into the batch."""
+    if not _distributed():
+        return rows
+    sizes = _rank_sizes(rows.shape[0], rows.device)
+    padded = rows.new_zeros(max(sizes), *rows.shape[1:])  # all_gather needs one shape on every rank
+    padded[: rows.shape[0]] = rows
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([chunk[:size] for chunk, size in zip(gathered, sizes)])
+
+
+@torch.no_grad()
+def _sample_batch_rows(residual_inputs: Tensor, n: int) -> Tensor:
+    """n rows drawn at random from the (D, N, C) residuals of the whole batch, all ranks' shares included.
+
+    Under torch.distributed the batch is the ranks' shares in rank order, and the draw is the one a
+    single process holding the whole batch would make: rank 0 draws row indices of the whole batch,
+    each rank fills in the rows it holds and a sum assembles them, so no rank sends its residuals.
+    """
+    depth, count, channels = residual_inputs.shape
+    if not _distributed():
+        return _sample_rows(rearrange(residual_inputs, "d n c -> (d n) c"), n)
+    sizes = _rank_sizes(count, residual_inputs.device)
+    total, offset = sum(sizes), sum(sizes[: dist.get_rank()])
+    index = _draw_indices(depth * total, n, residual_inputs.device)
+    dist.broadcast(index, src=0)
+    d, position = index.div(total, rounding_mode="floor"), index % total
+    local = position - offset
+    mine = (local >= 0) & (local < count)
+    rows = residual_inputs[d, local.clamp(0, count - 1)]
+    rows = torch.where(mine.unsqueeze(1), rows, torch.zeros_like(rows))  # exactly one rank adds each row
+    dist.all_reduce(rows)
+    return rows
 
 
 @torch.no_grad()
@@ -80,10 +127,13 @@ class ResidualQuantizer(nn.Module):
     """Depth-D residual quantizer over one shared codebook of `codebook_size × embed_dim`.
 
     Inputs are channel-last latents `(B, h, w, C)`; the search runs in float32 whatever the autocast.
-    In training mode every forward updates the codebook by EMA. Under `torch.distributed`, each rank
-    must run the same training forwards: the EMA statistics are all-reduced and restart vectors (and a
-    depth-by-depth initialisation) are broadcast from rank 0, so every rank keeps the same codebook.
-    Anything run on one rank alone (logging reconstructions, validation) must use eval mode.
+    In training mode every forward updates the codebook by EMA. Under `torch.distributed` (data
+    parallel: each rank holds a share of the batch, the shares in rank order make the batch), each rank
+    must run the same training forwards, and the codebook follows the whole batch exactly as in one
+    process: the EMA statistics are summed over ranks, restart vectors are drawn from every rank's
+    residuals, and a depth-by-depth initialisation fits the gathered latents; rank 0's draws and
+    results are broadcast, so every rank keeps the same codebook. Anything run on one rank alone
+    (logging reconstructions, validation) must use eval mode.
     """
 
     def __init__(
@@ -189,9 +239,7 @@ class ResidualQuantizer(nn.Module):
         self.ema_embed_sum.mul_(self.ema_decay).add_(embed_sum, alpha=1 - self.ema_decay)
         if self.dead_code_restart:
             # A fixed-size draw for every code (not just the dead ones) avoids a device sync on their count.
-            replacement = _sample_rows(vectors, self.codebook_size)
-            if _distributed():
-                dist.broadcast(replacement, src=0)
+            replacement = _sample_batch_rows(residual_inputs, self.codebook_size)
             dead = self.ema_cluster_size < self.restart_threshold  # (K,)
             self.ema_embed_sum[dead] = replacement[dead] * self.restart_threshold
             self.ema_cluster_size[dead] = self.restart_threshold
@@ -212,9 +260,10 @@ class ResidualQuantizer(nn.Module):
         quantizing with slice 1, slice d to the residuals left by the codes initialised so far. A codebook
         drawn only from latents has nothing small enough for the deep residuals, which can make deep
         RQ training diverge. `latents` (..., C) should be about one training batch: the assignment
-        counts become the EMA counts, which are per batch.
+        counts become the EMA counts, which are per batch. Under torch.distributed `latents` is this
+        rank's share: the fit runs on every rank's latents gathered (the whole batch, as the EMA counts).
         """
-        vectors = latents.detach().float().reshape(-1, self.embed_dim)
+        vectors = _gather_rows(latents.detach().float().reshape(-1, self.embed_dim))
         codebook = torch.empty_like(self.codebook)
         counts = torch.empty_like(self.ema_cluster_size)
         residual, start = vectors, 0

@@ -5,11 +5,20 @@ validation loss) live in the stage's work area; the declared output `model.pt` i
 and the config, written last. A killed run restarted with the same config resumes from `last.pt`
 and reaches the same weights as an uninterrupted one: batches and crops depend on (seed, step) only,
 and the RNG states travel in the checkpoint.
+
+Data parallel (DDP) when launched as several processes (a SLURM job with `tasks_per_node` × `nodes`
+> 1; `dnd.launch.distributed.init_distributed`): each rank trains on its contiguous share of every
+global batch `train.batch_size` on GPU `local_rank`; DDP averages the RQ-VAE's and the discriminator's
+gradients, the quantizer updates its codebook from the whole batch (`ResidualQuantizer`), and the GAN
+loss's adaptive weight averages its gradients over the ranks, so N ranks train the weights one process
+would on the same global batch (up to float rounding; the PatchGAN's BatchNorm normalises each rank's
+share on its own, as in the authors' multi-GPU training). Rank 0 logs, validates and writes every file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -22,9 +31,13 @@ from torch.utils.data import DataLoader
 
 from dnd.atomic import atomic_path, write_json
 from dnd.data.images import ImageShardDataset, to_pil, to_uint8
+from dnd.launch.distributed import init_distributed
 from dnd.tokenizer.losses import TokenizerLoss, TokenizerLossConfig
 from dnd.tokenizer.rqvae import RQVAE, RQVAEConfig, rqvae_config
-from dnd.training import Checkpointer, Progress, StepBatchSampler, default_device, rng_state, seed_everything, set_rng_state
+from dnd.training import (
+    Checkpointer, Progress, StepBatchSampler, all_ranks_agree, default_device, rng_state, seed_everything, set_rng_state,
+    wait_for_all_ranks,
+)
 
 log = logging.getLogger("dnd.tokenizer.train")
 
@@ -104,15 +117,31 @@ def recon_grid(model: RQVAE, images: torch.Tensor, path: Path) -> None:
         to_pil(to_uint8(grid[None])[0]).save(tmp, format="PNG")
 
 
+def _mean_over_ranks(terms: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    """The logged terms of the whole global batch: each rank's share averaged (equal shares)."""
+    if world == 1 or not terms:
+        return {key: float(value) for key, value in terms.items()}
+    values = torch.stack([value.float() for value in terms.values()])
+    torch.distributed.all_reduce(values)
+    return dict(zip(terms, (values / world).tolist()))
+
+
 def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_dir: Path, should_stop: Callable[[], bool] = lambda: False
 ) -> dict[str, Any] | None:
     cfg = spec.train
-    device = default_device()
+    dist_info = init_distributed()  # rank 0 of 1 outside a multi-task job
+    world, rank, main = dist_info.world_size, dist_info.rank, dist_info.is_main
+    if cfg.batch_size % world:
+        raise ValueError(f"tokenizers.{spec.name}.train.batch_size={cfg.batch_size} must split evenly over {world} ranks")
+    device = default_device(dist_info.local_rank)
+    # One seed for every rank: they draw the same random numbers (model init, codebook samples), so the
+    # checkpoint's RNG state (rank 0's) resumes every rank. Dropout, off by default, then masks alike.
     seed_everything(cfg.seed)
     channels = spec.model.in_channels
-    train_set = ImageShardDataset(datasets, "train", channels, cfg.resolution, cfg.crop)
-    val_set = ImageShardDataset(datasets, "val", channels, cfg.resolution, None, limit=cfg.eval_images)
-    val_images = torch.stack([val_set[i] for i in range(len(val_set))]).to(device)
+    train_set = ImageShardDataset(datasets, "train", channels, cfg.resolution, cfg.crop, cache_dir=work_dir / "images")
+    if main:
+        val_set = ImageShardDataset(datasets, "val", channels, cfg.resolution, None, limit=cfg.eval_images)
+        val_images = torch.stack([val_set[i] for i in range(len(val_set))]).to(device)
 
     model = RQVAE(spec.model).to(device)
     loss_fn = TokenizerLoss(spec.loss, channels).to(device)
@@ -132,6 +161,23 @@ def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_d
             disc_optimizer.load_state_dict(state["disc_optimizer"])
         start, best = state["step"], state["best_val_loss"]
         set_rng_state(state["rng"])
+        if device.type == "cuda" and state["rng"].get("cuda"):
+            # Rank 0 saved its own GPU's stream (GPU 0), which every rank's GPU follows (same seed, same draws).
+            torch.cuda.set_rng_state(state["rng"]["cuda"][0], device)
+
+    # The forwards go through DDP, whose backward averages the gradients of the ranks' shares. The
+    # quantizer keeps its codebook buffers equal on every rank by itself: no buffer broadcast per step.
+    # The generator loss calls the bare discriminator (the gradient it needs flows to the reconstruction;
+    # the discriminator's own gradients there are discarded) and the discriminator's loss its DDP wrapper.
+    net, disc_net = model, loss_fn.discriminator
+    if world > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        ddp_options = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+        # `forward_sync_buffers` replaces the deprecated `broadcast_buffers` (older torch has only the latter).
+        no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in ddp_options else {"broadcast_buffers": False}
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **no_sync)
+        if disc_net is not None:
+            disc_net = torch.nn.parallel.DistributedDataParallel(disc_net, device_ids=device_ids)
 
     def snapshot(step: int) -> dict[str, Any]:
         return {
@@ -147,11 +193,13 @@ def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_d
 
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(work_dir / "tensorboard"))
+    writer = SummaryWriter(str(work_dir / "tensorboard")) if main else None
+    if world > 1:
+        log.info("rank %d of %d on %s: %d of each batch of %d", rank, world, device, cfg.batch_size // world, cfg.batch_size)
     # The loader gets a generator of its own: starting an iteration draws a seed from it, which must not
     # shift the global RNG stream (a resumed run would then diverge from an uninterrupted one).
-    loader = DataLoader(train_set, batch_sampler=StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, start, cfg.steps, crop_seeds=True), num_workers=cfg.num_workers,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, start, cfg.steps, crop_seeds=True, rank=rank, world=world)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     progress = Progress(cfg.steps, start)
     model.train()
     step = start
@@ -159,9 +207,9 @@ def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_d
         images = images.to(device, non_blocking=True)
         quantize = step >= cfg.warmup_steps
         if quantize and spec.model.codebook_init == "depth_by_depth" and not bool(model.quantizer.initialized):
-            model.init_codebook_depth_by_depth(images)
+            model.init_codebook_depth_by_depth(images)  # every rank together: fitted to the gathered batch
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            recon, aux = model(images, quantize=quantize)
+            recon, aux = net(images, quantize=quantize)
         loss, terms = loss_fn.generator_loss(images, recon.float(), aux.commitment_loss, model.last_layer, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -169,17 +217,18 @@ def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_d
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         if disc_optimizer is not None and loss_fn.gan_active(step):
-            disc_loss, disc_terms = loss_fn.discriminator_loss(images, recon, step)
+            disc_loss, disc_terms = loss_fn.discriminator_loss(images, recon, step, disc_net)
             disc_optimizer.zero_grad(set_to_none=True)
             disc_loss.backward()
             disc_optimizer.step()
             terms |= disc_terms
         done = step + 1
-        metrics = {k: float(v) for k, v in terms.items()}
-        progress.update(done, {k: metrics[k] for k in ("total", "l2") if k in metrics})
-        for key, value in metrics.items():
-            writer.add_scalar(f"train/{key}", value, done)
-        if done % cfg.eval_every == 0 or done == cfg.steps:
+        metrics = _mean_over_ranks(terms, world)
+        if main:
+            progress.update(done, {k: metrics[k] for k in ("total", "l2") if k in metrics})
+            for key, value in metrics.items():
+                writer.add_scalar(f"train/{key}", value, done)
+        if main and (done % cfg.eval_every == 0 or done == cfg.steps):
             val = validate(model, loss_fn, val_images, done)
             for key, value in val.items():
                 writer.add_scalar(key, value, done)
@@ -188,16 +237,21 @@ def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_d
             if quantize and val["val/total"] < best:
                 best = val["val/total"]
                 checkpoints.save(snapshot(done), checkpoints.best)
-        stopping = should_stop()
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
+        stopping = all_ranks_agree(should_stop(), world, device)  # every rank stops after the same step
+        if main and (done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping):
             checkpoints.save(snapshot(done))
         if stopping:
+            wait_for_all_ranks(world, device)  # no rank leaves before rank 0's checkpoint is written
             progress.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
             log.warning("stopped at step %d on a signal; its checkpoint resumes the run", done)
             return None
     progress.close()
-    writer.close()
+    if writer is not None:
+        writer.close()
+    if not main:
+        return {"tokenizer": spec.name, "rank": rank}
 
     final = torch.load(checkpoints.best if checkpoints.best.exists() else checkpoints.last, map_location="cpu", weights_only=False)
     model.load_state_dict(final["model"])
