@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything dnd-pipeline needs into ./.venv (idempotent; a no-op when nothing changed).
 #   scripts/install.sh            Python packages only (the demo needs nothing else)
-#   scripts/install.sh --system   also the Debian packages the test suite uses (SLURM + munge), when root
+#   scripts/install.sh --system   also the Debian packages the test suite uses (SLURM + munge; Chromium and
+#                                 chromedriver for the report test), when root
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,8 +12,10 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 if [[ "${1:-}" == "--system" ]]; then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         bash scripts/install-slurm.sh
+        bash scripts/install-browser.sh
     else
-        echo "install.sh: not root or no apt-get: skipping SLURM packages (the SLURM tests will be skipped)" >&2
+        echo "install.sh: not root or no apt-get: skipping SLURM and Chromium packages" \
+            "(the SLURM tests and the report's browser test will be skipped)" >&2
     fi
 fi
 

@@ -1,5 +1,7 @@
 """The DAG for real: a snakemake run of the data targets on the micro config, then rerun triggers by dry run."""
 
+import csv
+import io
 import json
 import os
 import re
@@ -11,9 +13,11 @@ import pytest
 import yaml
 
 from dnd.data import shards
+from report_browser import ReportPage, caption_text, headless_chromium, reported_outputs
 from testdata import DEMO_DUMP, REPO
 
 pytestmark = pytest.mark.workflow
+REPORTED = reported_outputs(REPO / "workflow" / "rules")
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -116,15 +120,55 @@ def test_richtext_table_is_written(micro_run):
         assert (workdir / "results" / name).stat().st_size > 0
 
 
-def test_report_holds_every_table_and_figure(micro_run):
+@pytest.fixture(scope="module")
+def report_html(micro_run) -> Path:
+    """`snakemake --report` of the micro run, built once for both report tests."""
     workdir, _ = micro_run
     run = snakemake(workdir, "--configfile", "run.yaml", "--report", "report.html")
     assert run.returncode == 0, run.stderr[-3000:]
-    html = (workdir / "report.html").read_text()
-    for name in ("table1a.csv", "table1b.csv", "table2.csv", "table3.csv", "richtext.csv",
-                 "table1a.png", "table1b.png", "table1b_grids.png", "table2.png", "table3.png",
-                 "richtext.png", "richtext_grids.png"):
-        assert name in html, f"{name} is missing from the report"
+    return workdir / "report.html"
+
+
+def test_report_embeds_every_table_and_figure(report_html):
+    """The data of every `report()` output is in the HTML (also where no browser is installed)."""
+    html = report_html.read_text()
+    assert {Path(output.path).suffix for output in REPORTED} == {".csv", ".png"}
+    for output in REPORTED:
+        assert output.path in html, f"{output.path} is missing from the report"
+
+
+def test_report_shows_every_table_and_figure_in_a_browser(report_html, tmp_path):
+    """Headless Chromium clicks through the report: each category lists exactly its `report()` outputs,
+    each image shows (decoded, the file's bytes), each table downloads as the file's text, and each
+    result's description is its caption."""
+    from PIL import Image
+
+    workdir = report_html.parent
+    with headless_chromium() as browser:
+        page = ReportPage(browser, report_html)
+        try:
+            intro = caption_text(REPO / "workflow" / "report" / "workflow.rst").split("{{")[0].strip()  # before Jinja
+            assert page.workflow_description().startswith(intro)
+            categories = sorted({output.category for output in REPORTED})
+            assert sorted(page.categories()) == categories
+            for category in categories:
+                expected = [output for output in REPORTED if output.category == category]
+                assert sorted(page.open_category(category)) == sorted(output.path for output in expected)
+                for output in expected:
+                    file = workdir / output.path
+                    if file.suffix == ".png":
+                        shown = page.view_image(output.path)
+                        assert shown["bytes"] == file.read_bytes(), f"{output.path}: the report shows other bytes"
+                        with Image.open(file) as image:
+                            assert shown["size"] == image.size and shown["shown_width"] > 0, output.path
+                    else:
+                        text = page.download_text(output.path)
+                        assert text == file.read_text(encoding="utf-8"), f"{output.path}: the report holds other text"
+                        assert len(list(csv.reader(io.StringIO(text)))) >= 2, f"{output.path}: a header and no rows"
+                    assert page.caption(output.path, category) == caption_text(output.caption), output.path
+            assert page.errors() == []
+        finally:
+            page.screenshot(tmp_path / "report.png")  # where it stopped (the last image shown), for a person
 
 
 def test_nothing_to_do_after_a_complete_run(micro_run):
@@ -148,6 +192,11 @@ def test_nothing_to_do_after_a_complete_run(micro_run):
         (("tokenizers", "micro_d2", "train", "steps", 20), {"train_tokenizer", "evaluate_reconstruction", "make_table1b"}),
         (("evaluation", "recon", "max_images", 1), {"evaluate_reconstruction", "make_table1a", "make_table1b"}),
         (("tables", "table1a", "notes", {"micro_cls": "edited"}), {"make_table1a"}),
+        # an optional pretrained model adds its own jobs and reruns no other row (a dry run: the path is not read)
+        (("evaluation", "recon", "reference_vaes", {"sdxl_vae": {"path": "/models/sdxl-vae"}}),
+         {"evaluate_vae_reconstruction", "make_table1a", "make_table1b"}),
+        (("richtext", "pipelines", {"sdxl_ft": {"path": "/models/sdxl-textimage"}}),
+         {"sample_pipeline", "evaluate_richtext", "make_richtext_table"}),
         (("launch", "workers", 1), set()),
     ],
 )
