@@ -122,6 +122,26 @@ def cmd_evaluate_reconstruction(args: argparse.Namespace) -> None:
     run_task("evaluate_reconstruction", partial(evaluate_reconstruction, tokenizer, Path(args.testset), Path(args.out), cfg, names), work)
 
 
+def cmd_evaluate_vae_reconstruction(args: argparse.Namespace) -> None:
+    from dnd.stages.recon import ReconEvalConfig
+    from dnd.stages.vae_recon import CONFIG_KEY, ReferenceVAEConfig, check_vae_folder, evaluate_vae_reconstruction
+
+    raw = _stage_config(args, "evaluation")
+    recon = raw.get("recon", {})
+    # --params carries this VAE's entry as "vae" (the rule's rerun trigger); a config file lists them all.
+    vae = raw.get("vae") or recon.get("reference_vaes", {}).get(args.vae_name)
+    if vae is None:
+        raise ConfigError(f"config key {CONFIG_KEY}.{args.vae_name} is missing")
+    vae_cfg = ReferenceVAEConfig(**vae)
+    folder = check_vae_folder(args.vae_name, vae_cfg)  # before fingerprinting it: a clear error if it is not there
+    cfg = ReconEvalConfig.from_dict(recon, raw.get("metrics", {}))
+    testset_name = args.testset_name or Path(args.testset).name
+    work = stage_work_dir("evaluate_vae_reconstruction", f"{args.vae_name}-{testset_name}", raw,
+                          _fingerprint(args, [Path(args.testset), folder]))
+    run_task("evaluate_vae_reconstruction", partial(
+        evaluate_vae_reconstruction, args.vae_name, vae_cfg, Path(args.testset), Path(args.out), cfg, testset_name), work)
+
+
 def cmd_tokenize_images(args: argparse.Namespace) -> None:
     from dnd.stages.tokenize import tokenize_images
 
@@ -148,7 +168,8 @@ def cmd_make_table1(args: argparse.Namespace) -> None:
     tables.write_csv(frame, out)
     grids = [m.with_suffix(".png") for m in metrics if m.with_suffix(".png").exists()]
     if grids:
-        tables.stack_images(grids, [f"{g.parent.name} on {g.stem}: originals, then depth 1..D" for g in grids], out.with_name(out.stem + "_grids.png"))
+        captions = [json.loads(g.with_suffix(".json").read_text()).get("grid", "originals, then depth 1..D") for g in grids]
+        tables.stack_images(grids, [f"{g.parent.name} on {g.stem}: {c}" for g, c in zip(grids, captions)], out.with_name(out.stem + "_grids.png"))
     write_provenance(out, f"make_{args.table}", raw, metrics=[str(m) for m in metrics])
     print(frame.to_string(index=False))
 
@@ -252,6 +273,16 @@ def cmd_sample_ddpm(args: argparse.Namespace) -> None:
     sample = partial(sample_ddpm_images, Path(args.model), raw.get("n", 250), raw.get("seed", 0), raw.get("batch_size", 16),
                      raw.get("num_inference_steps"), Path(args.out), {"model": args.name, "sampling": "ddpm"})
     run_task("sample_ddpm", sample, work)
+
+
+def cmd_sample_pipeline(args: argparse.Namespace) -> None:
+    from dnd.stages.pipeline_samples import PipelineSpec, check_pipeline_folder, sample_pipeline_images
+
+    raw = _stage_config(args, f"richtext.pipelines.{args.name}")
+    spec = PipelineSpec(**raw)
+    folder = check_pipeline_folder(args.name, spec)  # before fingerprinting it: a clear error if it is not there
+    work = Path(args.work_dir) if args.work_dir else stage_work_dir("sample_pipeline", args.name, raw, _fingerprint(args, [folder]))
+    sample_pipeline_images(args.name, spec, Path(args.out), work)
 
 
 def cmd_evaluate_richtext(args: argparse.Namespace) -> None:
@@ -365,6 +396,17 @@ COMMANDS: list[Command] = [
             ("--tokenizer", dict(required=True, help="model.pt of a trained tokenizer, or 'original' (no tokenizer: OCR ceiling)")),
             ("--testset", dict(required=True, help="image data set folder (its test split is used)")),
             ("--tokenizer-name", dict(help="row name in the tables")),
+            ("--testset-name", dict(help="test set name in the tables")),
+            ("--out", dict(required=True, help="output metrics .json (a recon grid .png is written beside it)")),
+        ],
+    ),
+    (
+        "evaluate-vae-reconstruction",
+        "L2, rOCR and rFID of a pretrained continuous VAE (a local diffusers AutoencoderKL) on a test split.",
+        cmd_evaluate_vae_reconstruction,
+        [
+            ("--vae-name", dict(required=True, help="key under evaluation.recon.reference_vaes: (the row name in the tables)")),
+            ("--testset", dict(required=True, help="image data set folder (its test split is used)")),
             ("--testset-name", dict(help="test set name in the tables")),
             ("--out", dict(required=True, help="output metrics .json (a recon grid .png is written beside it)")),
         ],
@@ -485,6 +527,16 @@ COMMANDS: list[Command] = [
             ("--name", dict(required=True, help="key under ddpm: in the config")),
             ("--model", dict(required=True, help="the DDPM's model.pt")),
             ("--out", dict(required=True, help="output samples folder")),
+        ],
+    ),
+    (
+        "sample-pipeline",
+        "Sample a pretrained diffusers pipeline (a local folder, e.g. fine-tuned SDXL / SD3) into the samples-folder format.",
+        cmd_sample_pipeline,
+        [
+            ("--name", dict(required=True, help="key under richtext.pipelines: in the config (the row name)")),
+            ("--out", dict(required=True, help="output samples folder")),
+            ("--work-dir", dict(help="where finished sample shards are kept between runs")),
         ],
     ),
     (

@@ -29,6 +29,13 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
+def _continuous_note(m: dict[str, Any]) -> str:
+    """What a pretrained continuous VAE's row is (dnd.stages.vae_recon): no codebook, so no code usage."""
+    if m.get("kind") != "continuous_vae":
+        return ""
+    return f"continuous VAE (f{m['downsample_factor']}, {m['latent_channels']} latent channels): no codebook, no code usage"
+
+
 def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
     """Rows: tokenizers on the class-labelled test set; rFID, L2, code usage (mean and per depth)."""
     rows = []
@@ -45,7 +52,8 @@ def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
             "code_usage_per_depth": "/".join(f"{u:.2f}" for u in usage) or NA,
             "code_entropy_bits_per_depth": "/".join(f"{e:.2f}" for e in m.get("code_entropy_bits", [])) or NA,
             "n_images": m["n_images"],
-            "note": "; ".join(filter(None, [notes.get(m["tokenizer"], ""), RFID_NA if m.get("rfid") is None else ""])),
+            "note": "; ".join(filter(None, [notes.get(m["tokenizer"], ""), _continuous_note(m),
+                                            RFID_NA if m.get("rfid") is None else ""])),
         })
     return pd.DataFrame(rows)
 
@@ -58,10 +66,11 @@ def table1b(metrics: list[Path], columns: dict[str, str], notes: dict[str, str])
         row[columns[m["testset"]]] = _fmt(m.get("rocr"), 3)
         row.setdefault("ocr_backend", m.get("ocr_backend", NA))
         row.setdefault("n_images", {})[columns[m["testset"]]] = m["n_images"]
+        row["auto_note"] = _continuous_note(m)
     frame = pd.DataFrame(list(by_row.values()))
     names = [columns[t] for t in TESTSET_ORDER if t in columns]
     frame["n_images"] = frame["n_images"].map(lambda d: " ".join(f"{k}:{v}" for k, v in d.items()))
-    frame["note"] = frame["tokenizer"].map(lambda t: notes.get(t, ""))
+    frame["note"] = ["; ".join(filter(None, [notes.get(t, ""), auto])) for t, auto in zip(frame["tokenizer"], frame["auto_note"])]
     return frame[["tokenizer", *names, "ocr_backend", "n_images", "note"]]
 
 

@@ -92,17 +92,11 @@ def evaluate_reconstruction(tokenizer: Path | None, testset: Path, out: Path, cf
         result |= {"depth": model.config.depth, "codebook_size": model.config.codebook_size,
                    "code_usage": usage, "code_entropy_bits": entropy}
     recon_uint8 = np.concatenate(recons)
-    if any(text.strip() for text in texts):
-        backend = make_ocr_backend(cfg.ocr)
-        read = backend.read([to_pil(image) for image in recon_uint8])
-        scores = rocr(read, texts)
-        result |= {"rocr": scores["mean"], "rocr_per_image": scores["per_image"], "ocr_backend": backend.name,
-                   "ocr_examples": [{"truth": t, "read": r} for t, r in list(zip(texts, read))[:3]]}
-    else:
-        result |= {"rocr": None, "rocr_na_reason": "the test set has no ground-truth text"}
-    result |= _rfid(np.concatenate(originals), recon_uint8, cfg, device)
+    result |= ocr_metrics(recon_uint8, texts, cfg)
+    result |= rfid_metrics(np.concatenate(originals), recon_uint8, cfg, device)
     if grid_rows:
-        _save_grid(grid_rows, out.with_suffix(".png"))
+        save_recon_grid(grid_rows, out.with_suffix(".png"))
+        result["grid"] = "originals, then depth 1..D"
     result["provenance"] = record("evaluate_reconstruction", asdict(cfg), tokenizer=str(tokenizer), testset=str(testset))
     write_json(out, result)
     log.info("%s on %s: l2=%.4g rocr=%s rfid=%s", names["tokenizer"], names["testset"], result["l2"],
@@ -110,7 +104,18 @@ def evaluate_reconstruction(tokenizer: Path | None, testset: Path, out: Path, cf
     return result
 
 
-def _rfid(originals: np.ndarray, recons: np.ndarray, cfg: ReconEvalConfig, device: torch.device) -> dict[str, Any]:
+def ocr_metrics(recons: np.ndarray, texts: list[str], cfg: ReconEvalConfig) -> dict[str, Any]:
+    """rOCR: OCR of the reconstructions (uint8, (N, H, W, C)) against the test set's ground-truth text."""
+    if not any(text.strip() for text in texts):
+        return {"rocr": None, "rocr_na_reason": "the test set has no ground-truth text"}
+    backend = make_ocr_backend(cfg.ocr)
+    read = backend.read([to_pil(image) for image in recons])
+    scores = rocr(read, texts)
+    return {"rocr": scores["mean"], "rocr_per_image": scores["per_image"], "ocr_backend": backend.name,
+            "ocr_examples": [{"truth": t, "read": r} for t, r in list(zip(texts, read))[:3]]}
+
+
+def rfid_metrics(originals: np.ndarray, recons: np.ndarray, cfg: ReconEvalConfig, device: torch.device) -> dict[str, Any]:
     from dnd.metrics.fid import collect_features, compute_stats, frechet_distance
     from dnd.metrics.inception import InceptionWeightsMissing, load_inception
 
@@ -125,7 +130,8 @@ def _rfid(originals: np.ndarray, recons: np.ndarray, cfg: ReconEvalConfig, devic
             "rfid_provenance": extractor.provenance}
 
 
-def _save_grid(rows: list[torch.Tensor], path: Path) -> None:
+def save_recon_grid(rows: list[torch.Tensor], path: Path) -> None:
+    """Rows of images in [-1, 1] (originals first), one grid PNG."""
     from torchvision.utils import make_grid
 
     grid = make_grid(torch.cat(rows).float().cpu(), nrow=rows[0].shape[0], padding=2, pad_value=1.0)

@@ -4,11 +4,12 @@ Same contract as the tokenizer trainer: `last.pt` every `checkpoint_every` steps
 SIGTERM/SIGUSR1/SIGUSR2 in the work area, `best.pt` by validation loss, batches a function of
 (seed, step), RNG states in the checkpoint, so a killed run resumes to the same weights. The
 declared output `model.pt` holds the config and the (EMA, when enabled) weights of the best step.
+Over several ranks the model trains under DDP or, for the largest presets, FSDP (`parallel.py`);
+checkpoints are the same full state dicts either way.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -22,8 +23,11 @@ import torch
 from dnd.atomic import atomic_path, write_json
 from dnd.data.codes import CodeMapDataset, code_shards, draw_crops
 from dnd.launch.distributed import init_distributed
+from dnd.transformer import parallel
 from dnd.transformer.model import Transformer, TransformerConfig, code_cross_entropy
-from dnd.training import Checkpointer, Progress, batch_indices, rng_state, seed_everything, set_rng_state
+from dnd.training import (
+    Checkpointer, Progress, all_ranks_agree, batch_indices, default_device, rng_state, seed_everything, set_rng_state,
+)
 
 log = logging.getLogger("dnd.transformer.train")
 
@@ -42,9 +46,14 @@ class TransformerTrainConfig:
     eval_every: int = 500
     eval_batches: int = 4  # validation batches for the validation loss
     seed: int = 0
+    # Over several ranks: ddp (a full replica each) or fsdp (weights, gradients and AdamW state
+    # sharded); auto = fsdp for the XXL and XXXL presets, ddp otherwise. One process uses neither.
+    parallelism: parallel.Parallelism = "auto"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        if self.parallelism not in parallel.PARALLELISMS:
+            raise ValueError(f"parallelism must be one of {parallel.PARALLELISMS}, got {self.parallelism!r}")
 
 
 @dataclass
@@ -125,15 +134,6 @@ def validate(model: Transformer, dataset: CodeMapDataset, cfg: TransformerTrainC
     return out
 
 
-def _all_ranks_agree(flag: bool, world: int, device: torch.device) -> bool:
-    """True on every rank once any rank saw it (SLURM signals all tasks, but not at the same instant)."""
-    if world == 1:
-        return flag
-    tensor = torch.tensor([int(flag)], device=device)
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return bool(tensor.item())
-
-
 def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_dir: Path, tokenizer: Path | None = None, should_stop: Callable[[], bool] = lambda: False
 ) -> dict[str, Any] | None:
     cfg = spec.train
@@ -141,42 +141,55 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
     world, rank = dist_info.world_size, dist_info.rank
     if cfg.batch_size % world:
         raise ValueError(f"transformers.{spec.name}.train.batch_size={cfg.batch_size} must split evenly over {world} ranks")
-    device = torch.device(f"cuda:{dist_info.local_rank}" if torch.cuda.is_available() else "cpu")
+    device = default_device(dist_info.local_rank)
     seed_everything(cfg.seed + rank)  # the ranks' dropout and label dropout differ; the data order is global
     train_set = CodeMapDataset(code_shards(codes_dir, "train"))
     val_shards = [p for p in code_shards(codes_dir, "val") if p.stat().st_size > 0]
     val_set = CodeMapDataset(val_shards) if val_shards else None
     num_classes = _num_classes(train_set)
     model = Transformer(spec.model_config(train_set, num_classes)).to(device)
-    # DDP averages the gradients of the ranks' shares of each global batch (the forward must go through it).
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay else None
+    # DDP and FSDP average the gradients of the ranks' shares of each global batch (the forward must
+    # go through `net`); FSDP shards `model` in place, its parameters become DTensors.
+    mode = parallel.resolve_parallelism(cfg.parallelism, spec.size, world)
+    sharded = mode == "fsdp"
+    net = parallel.parallelize(model, mode, device)
+    ema = parallel.ema_copy(model, mode, device) if cfg.ema_decay else None
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
                                   fused=device.type == "cuda")
     checkpoints = Checkpointer(work_dir / "checkpoints")
     state = checkpoints.load("cpu")
     start, best = 0, math.inf
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        parallel.load_full_model_state(model, state["model"], mode)
+        parallel.load_full_optimizer_state(model, optimizer, state["optimizer"], mode)
         if ema is not None:
-            ema.load_state_dict(state["ema"])
+            parallel.load_full_model_state(ema, state["ema"], mode)
         start, best = state["step"], state["best_val_loss"]
         set_rng_state(state["rng"])
 
     def snapshot(step: int) -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None, "step": step, "best_val_loss": best,
-                "rng": rng_state(), "config": asdict(model.config)}
+        """The checkpoint (full state dicts); under FSDP every rank calls it, rank 0 gets the tensors."""
+        return {"model": parallel.full_model_state(model, mode),
+                "optimizer": parallel.full_optimizer_state(model, optimizer, mode),
+                "ema": parallel.full_model_state(ema, mode) if ema is not None else None, "step": step,
+                "best_val_loss": best, "rng": rng_state(), "config": asdict(model.config)}
+
+    main = dist_info.is_main  # rank 0 logs, validates and writes; every rank loads the same checkpoint
+    takes_part = main or sharded  # a sharded model needs every rank in its forward and its gathering
+
+    def save(step: int, path: Path) -> None:
+        state = snapshot(step)
+        if main:
+            checkpoints.save(state, path)
 
     from torch.utils.tensorboard import SummaryWriter
 
-    main = dist_info.is_main  # rank 0 logs, validates and writes; every rank loads the same checkpoint
     writer = SummaryWriter(str(work_dir / "tensorboard")) if main else None
     progress = Progress(cfg.steps, start)
-    log.info("%s: %s, %.2fM parameters, %d classes, %d training code maps of %dx%dx%d",
+    log.info("%s: %s, %.2fM parameters, %d classes, %d training code maps of %dx%dx%d, %d rank(s)%s",
              spec.name, model.config.variant, model.num_params() / 1e6, num_classes, len(train_set),
-             train_set.info.height, train_set.info.width, train_set.info.depth)
+             train_set.info.height, train_set.info.width, train_set.info.depth, world,
+             f" ({mode.upper()})" if world > 1 else "")
     model.train()
     for step in range(start, cfg.steps):
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
@@ -196,25 +209,31 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
                 for target, source in zip(ema.parameters(), model.parameters()):
                     target.lerp_(source, 1.0 - cfg.ema_decay)
         done = step + 1
-        metrics = {"loss": loss.detach().item(), "grad_norm": grad_norm.item(), "lr": lr}
+        metrics = {"loss": loss.detach().item(), "grad_norm": parallel.scalar(grad_norm), "lr": lr}
         metrics |= {f"loss_depth{d + 1}": v.item() for d, v in enumerate(per_depth.detach())}
         if main:
             progress.update(done, {"loss": metrics["loss"]})
             for key, value in metrics.items():
                 writer.add_scalar(f"train/{key}", value, done)
-        if main and val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-            val = validate(ema or model, val_set, cfg, device)
-            for key, value in val.items():
-                writer.add_scalar(key, value, done)
-            log.info("step %d validation %s", done, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
+        if takes_part and val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+            # under FSDP every rank validates the same batches; rank 0's figures decide for all
+            val = parallel.from_rank0(validate(ema or model, val_set, cfg, device), mode, device)
+            parallel.reshard(ema or model, mode)
+            if main:
+                for key, value in val.items():
+                    writer.add_scalar(key, value, done)
+                log.info("step %d validation %s", done, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
             if val["val/loss"] < best:
                 best = val["val/loss"]
-                checkpoints.save(snapshot(done), checkpoints.best)
+                save(done, checkpoints.best)
             if tokenizer is not None:
-                sample_grid(ema or model, tokenizer, work_dir / "samples" / f"step-{done:07d}.png", cfg.seed)
-        stopping = _all_ranks_agree(should_stop(), world, device)  # every rank stops after the same step
-        if main and (done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping):
-            checkpoints.save(snapshot(done))
+                sampler = parallel.full_copy(ema or model, mode, device)  # None off rank 0
+                if main:
+                    sample_grid(sampler, tokenizer, work_dir / "samples" / f"step-{done:07d}.png", cfg.seed)
+                del sampler
+        stopping = all_ranks_agree(should_stop(), world, device)  # every rank stops after the same step
+        if takes_part and (done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping):
+            save(done, checkpoints.last)
         if stopping:
             progress.close()
             if writer is not None:
@@ -228,6 +247,7 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
         return {"model": spec.name, "rank": rank}
 
     final = torch.load(checkpoints.best if checkpoints.best.exists() else checkpoints.last, map_location="cpu", weights_only=False)
+    model = Transformer(model.config)  # unsharded, on the CPU
     model.load_state_dict(final["ema"] if final.get("ema") is not None else final["model"])
     save_transformer(out, model, spec.name, step=final["step"], val_loss=final["best_val_loss"], tokenizer=str(tokenizer))
     summary = {"model": spec.name, "variant": model.config.variant, "params": model.num_params(), "steps": cfg.steps,

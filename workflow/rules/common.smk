@@ -87,14 +87,43 @@ def recon_tokenizer_arg(wildcards, input):
 
 
 def recon_metrics(table):
-    """Metric files of a Table 1 variant: its rows × its test sets."""
+    """Metric files of a Table 1 variant: its rows (then the reference VAEs) × its test sets."""
     spec = config["tables"][table]
     testsets = [spec.get("testset", "classes")] if table == "table1a" else list(spec["columns"])
-    return [f"results/metrics/recon/{row}/{testset}.json" for row in spec["rows"] for testset in testsets]
+    rows = list(dict.fromkeys([*spec["rows"], *reference_vaes()]))
+    return [f"results/metrics/recon/{row}/{testset}.json" for row in rows for testset in testsets]
+
+
+def reference_vaes():
+    """Pretrained continuous VAEs of Table 1 (evaluation.recon.reference_vaes), name → settings."""
+    vaes = config.get("evaluation", {}).get("recon", {}).get("reference_vaes", {})
+    clash = sorted(set(vaes) & {*config.get("tokenizers", {}), ORIGINAL})
+    if clash:
+        raise ValueError(f"evaluation.recon.reference_vaes: {', '.join(clash)} is also a tokenizer's name; rename the VAE")
+    return vaes
+
+
+def recon_tokenizer_pattern():
+    """The `tokenizer` wildcard of evaluate_reconstruction: any name but a reference VAE's (their own rule)."""
+    if not reference_vaes():
+        return r"[A-Za-z0-9_]+"
+    return rf"(?!(?:{name_pattern(reference_vaes())})/)[A-Za-z0-9_]+"
+
+
+def _recon_settings():
+    # reference_vaes is left out: adding a VAE must not rerun the tokenizers' evaluations
+    recon = config.get("evaluation", {}).get("recon", {})
+    return {key: value for key, value in recon.items() if key != "reference_vaes"}
 
 
 def evaluation_params():
-    return stage_params_of({"recon": config.get("evaluation", {}).get("recon", {}), "metrics": config.get("metrics", {})})
+    return stage_params_of({"recon": _recon_settings(), "metrics": config.get("metrics", {})})
+
+
+def vae_evaluation_params(wildcards):
+    """Like evaluation_params, plus this VAE's own settings (editing another VAE reruns nothing here)."""
+    vae = reference_vaes()[wildcards.vae]
+    return stage_params_of({"recon": _recon_settings(), "metrics": config.get("metrics", {}), "vae": vae})
 
 
 def stage_params_of(obj):
@@ -160,11 +189,28 @@ def richtext_dataset(wildcards=None):
 
 
 def richtext_eval_params():
-    return stage_params("richtext") if "richtext" in config else stage_params_of({})
+    # pipelines are left out: adding one samples and scores it, and reruns no other row's evaluation
+    settings = {key: value for key, value in config.get("richtext", {}).items() if key != "pipelines"}
+    return stage_params_of(settings)
+
+
+def richtext_pipelines():
+    """Pretrained diffusers pipelines sampled for the rich-text table (richtext.pipelines), name → settings."""
+    pipelines = config.get("richtext", {}).get("pipelines", {})
+    clash = sorted(set(pipelines) & {*config.get("transformers", {}), *config.get("ddpm", {})})
+    if clash:  # results/samples/<name>/ would be written by two rules
+        raise ValueError(f"richtext.pipelines: {', '.join(clash)} is also a transformer's or DDPM's name; rename the pipeline")
+    return pipelines
+
+
+def pipeline_params(wildcards):
+    return stage_params_of(richtext_pipelines()[wildcards.pipeline])
 
 
 def richtext_runs():
-    return [(run["model"], run["sampling"]) for run in config["richtext"]["runs"]]
+    """The table's rows: the configured runs, then each configured pipeline's samples."""
+    runs = [(run["model"], run["sampling"]) for run in config["richtext"]["runs"]]
+    return list(dict.fromkeys([*runs, *((name, "pipeline") for name in richtext_pipelines())]))
 
 
 def richtext_metrics(wildcards=None):

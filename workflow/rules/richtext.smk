@@ -3,6 +3,7 @@
 
 wildcard_constraints:
     ddpm=name_pattern(config.get("ddpm", {})),
+    pipeline=name_pattern(richtext_pipelines()),
 
 
 rule fit_language_model:
@@ -57,6 +58,24 @@ rule sample_ddpm:
     shell:
         "OMP_NUM_THREADS={threads} {DND} sample-ddpm --code-version {params.code} --name {wildcards.ddpm} --params {params.cfg}"
         " --model {input.model} --out {output.samples} > {log} 2>&1"
+
+
+rule sample_pipeline:
+    output:
+        samples=directory("results/samples/{pipeline}/pipeline"),
+    params:
+        cfg=pipeline_params,
+        code=code_version("dnd/stages/pipeline_samples.py", "dnd/stages/sample.py"),
+    log:
+        "logs/sample_pipeline/{pipeline}.log",
+    benchmark:
+        "results/benchmarks/sample_pipeline/{pipeline}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        "OMP_NUM_THREADS={threads} {DND} sample-pipeline --code-version {params.code} --name {wildcards.pipeline} --params {params.cfg}"
+        " --out {output.samples} > {log} 2>&1"
 
 
 rule evaluate_richtext:

@@ -27,6 +27,8 @@ rule train_tokenizer:
 
 
 rule evaluate_reconstruction:
+    wildcard_constraints:
+        tokenizer=recon_tokenizer_pattern(),
     input:
         tokenizer=recon_tokenizer,
         testset=testset_path,
@@ -43,6 +45,28 @@ rule evaluate_reconstruction:
     threads: 1
     shell:
         "OMP_NUM_THREADS={threads} {DND} evaluate-reconstruction --code-version {params.code} --params {params.cfg} --tokenizer {params.tokenizer} --tokenizer-name {wildcards.tokenizer}"
+        " --testset {input.testset} --testset-name {wildcards.testset} --out {output.metrics} > {log} 2>&1"
+
+
+rule evaluate_vae_reconstruction:
+    wildcard_constraints:
+        vae=name_pattern(reference_vaes()),
+    input:
+        testset=testset_path,
+    output:
+        metrics="results/metrics/recon/{vae}/{testset}.json",
+    params:
+        cfg=vae_evaluation_params,
+        code=code_version("dnd/stages/vae_recon.py", "dnd/stages/recon.py", "dnd/metrics/ocr.py", "dnd/metrics/rouge.py", "dnd/metrics/fid.py"),
+    log:
+        "logs/evaluate_vae_reconstruction/{vae}/{testset}.log",
+    benchmark:
+        "results/benchmarks/evaluate_vae_reconstruction/{vae}/{testset}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        "OMP_NUM_THREADS={threads} {DND} evaluate-vae-reconstruction --code-version {params.code} --params {params.cfg} --vae-name {wildcards.vae}"
         " --testset {input.testset} --testset-name {wildcards.testset} --out {output.metrics} > {log} 2>&1"
 
 
