@@ -167,9 +167,10 @@ def cmd_make_table1(args: argparse.Namespace) -> None:
         tables.plot_bars(frame, [c for c in frame.columns if c in raw["columns"].values()], "Table 1b: rOCR of reconstructions (higher is better)", "ROUGE-L F", out.with_suffix(".png"))
     tables.write_csv(frame, out)
     grids = [m.with_suffix(".png") for m in metrics if m.with_suffix(".png").exists()]
-    if grids:
-        captions = [json.loads(g.with_suffix(".json").read_text()).get("grid", "originals, then depth 1..D") for g in grids]
-        tables.stack_images(grids, [f"{g.parent.name} on {g.stem}: {c}" for g, c in zip(grids, captions)], out.with_name(out.stem + "_grids.png"))
+    if not grids:
+        raise ConfigError(f"tables.{args.table}: no row has a reconstruction grid (it lists no tokenizer or VAE)")
+    captions = [json.loads(g.with_suffix(".json").read_text()).get("grid", "originals, then depth 1..D") for g in grids]
+    tables.stack_images(grids, [f"{g.parent.name} on {g.stem}: {c}" for g, c in zip(grids, captions)], out.with_name(out.stem + "_grids.png"))
     write_provenance(out, f"make_{args.table}", raw, metrics=[str(m) for m in metrics])
     print(frame.to_string(index=False))
 

@@ -86,7 +86,7 @@ def test_table1_is_written(micro_run):
     assert list(table1b.columns[1:4]) == ["Text256", "Text512", "arXiv512"]
     original = table1b.set_index("tokenizer").loc["original"]
     assert float(original["Text256"]) > 0.5  # OCR reads the micro test pages themselves
-    for name in ("table1a.png", "table1b.png", "table1b_grids.png"):
+    for name in ("table1a.png", "table1a_grids.png", "table1b.png", "table1b_grids.png"):
         assert (workdir / "results" / name).stat().st_size > 0
 
 

@@ -95,6 +95,7 @@ rule make_table1a:
     output:
         table=report("results/table1a.csv", caption="../report/table1a.rst", category="Table 1"),
         plot=report("results/table1a.png", caption="../report/table1a.rst", category="Table 1"),
+        grids=report("results/table1a_grids.png", caption="../report/table1_grids.rst", category="Table 1"),
     params:
         cfg=stage_params("tables.table1a"),
     log:
