@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -25,10 +26,11 @@ validate(config, SCHEMA, set_default=True)
 
 # How stages run reaches them through the environment, never through params: changing resources
 # or the backend reruns nothing.
-os.environ["DND_LAUNCH"] = json.dumps(config.get("launch", {"backend": "local"}), sort_keys=True)
+os.environ.update(DND_LAUNCH=json.dumps(config.get("launch", {"backend": "local"}), sort_keys=True))
 
-PYTHON = sys.executable
-DND = f"{PYTHON} -m dnd"
+# Rules run the `dnd` command of the environment Snakemake runs in (./.venv or a conda env), activated
+# or not; with --use-conda, envs/dnd.yaml provides it instead.
+shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"; ")
 
 
 def stage_params(dotted):

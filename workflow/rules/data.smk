@@ -13,8 +13,10 @@ rule extract_wiki_text:
         "logs/extract_wiki_text.log",
     benchmark:
         "results/benchmarks/extract_wiki_text.tsv"
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "{DND} extract-wiki-text --code-version {params.code} --params {params.cfg} --out {output.chunks} > {log} 2>&1"
+        "dnd extract-wiki-text --code-version {params.code} --params {params.cfg} --out {output.chunks} > {log} 2>&1"
 
 
 rule render_text_images:
@@ -30,8 +32,10 @@ rule render_text_images:
     benchmark:
         "results/benchmarks/render_text_images.tsv"
     threads: workflow.cores
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "DND_WORKERS={threads} {DND} render-text-images --code-version {params.code} --params {params.cfg} --chunks {input.chunks} --out {output.images} > {log} 2>&1"
+        "DND_WORKERS={threads} dnd render-text-images --code-version {params.code} --params {params.cfg} --chunks {input.chunks} --out {output.images} > {log} 2>&1"
 
 
 rule make_text256:
@@ -44,8 +48,10 @@ rule make_text256:
         code=code_version("dnd/data/shards.py", "dnd/stages/text_image.py"),
     log:
         "logs/make_text256.log",
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "{DND} resize-images --code-version {params.code} --params {params.cfg} --images {input.images} --out {output.images} > {log} 2>&1"
+        "dnd resize-images --code-version {params.code} --params {params.cfg} --images {input.images} --out {output.images} > {log} 2>&1"
 
 
 # ------------------------------------------------------------------ arXiv-Image (PDF pages rasterized with PyMuPDF)
@@ -59,8 +65,10 @@ rule write_demo_pdfs:
         code=code_version("dnd/data/demo_pdfs.py"),
     log:
         "logs/write_demo_pdfs.log",
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "{DND} write-demo-pdfs --code-version {params.code} --params {params.cfg} --out {output.pdfs} > {log} 2>&1"
+        "dnd write-demo-pdfs --code-version {params.code} --params {params.cfg} --out {output.pdfs} > {log} 2>&1"
 
 
 rule rasterize_pdfs:
@@ -76,8 +84,10 @@ rule rasterize_pdfs:
     benchmark:
         "results/benchmarks/rasterize_pdfs.tsv"
     threads: workflow.cores
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "DND_WORKERS={threads} {DND} rasterize-pdfs --code-version {params.code} --params {params.cfg} --pdfs {input.pdfs} --out {output.images} > {log} 2>&1"
+        "DND_WORKERS={threads} dnd rasterize-pdfs --code-version {params.code} --params {params.cfg} --pdfs {input.pdfs} --out {output.images} > {log} 2>&1"
 
 
 # ------------------------------------------------------------------ class-labelled images (ImageNet layout)
@@ -91,8 +101,10 @@ rule write_demo_digits:
         code=code_version("dnd/data/labelled.py"),
     log:
         "logs/write_demo_digits.log",
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "{DND} write-demo-digits --code-version {params.code} --params {params.cfg} --out {output.root} > {log} 2>&1"
+        "dnd write-demo-digits --code-version {params.code} --params {params.cfg} --out {output.root} > {log} 2>&1"
 
 
 rule prepare_images:
@@ -108,5 +120,7 @@ rule prepare_images:
     benchmark:
         "results/benchmarks/prepare_images.tsv"
     threads: workflow.cores
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "DND_WORKERS={threads} {DND} prepare-images --code-version {params.code} --params {params.cfg} --root {input.root} --out {output.images} > {log} 2>&1"
+        "DND_WORKERS={threads} dnd prepare-images --code-version {params.code} --params {params.cfg} --root {input.root} --out {output.images} > {log} 2>&1"

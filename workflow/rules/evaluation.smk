@@ -12,8 +12,10 @@ rule compute_reference:
     log:
         "logs/compute_reference/classes.log",
     threads: 1
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {DND} compute-reference --code-version {params.code} --params {params.cfg}"
+        "OMP_NUM_THREADS={threads} dnd compute-reference --code-version {params.code} --params {params.cfg}"
         " --source {input.source} --out {output.reference} > {log} 2>&1"
 
 
@@ -28,8 +30,10 @@ rule train_classifier:
     log:
         "logs/train_classifier/classes.log",
     threads: 1
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {DND} train-classifier --code-version {params.code} --params {params.cfg}"
+        "OMP_NUM_THREADS={threads} dnd train-classifier --code-version {params.code} --params {params.cfg}"
         " --dataset {input.dataset} --out {output.classifier} > {log} 2>&1"
 
 
@@ -46,8 +50,10 @@ rule evaluate_generation:
     log:
         "logs/evaluate_generation/{model}/{sampling}.log",
     threads: 1
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {DND} evaluate-generation --code-version {params.code} --params {params.cfg}"
+        "OMP_NUM_THREADS={threads} dnd evaluate-generation --code-version {params.code} --params {params.cfg}"
         " --samples {input.samples} --reference {input.reference} --classifier {input.classifier}"
         " --out {output.metrics} > {log} 2>&1"
 
@@ -62,8 +68,10 @@ rule make_table2:
         cfg=stage_params("tables.table2"),
     log:
         "logs/make_table2.log",
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "{DND} make-generation-table --table table2 --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
+        "dnd make-generation-table --table table2 --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
 
 
 rule make_table3:
@@ -76,5 +84,7 @@ rule make_table3:
         cfg=stage_params("tables.table3"),
     log:
         "logs/make_table3.log",
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "{DND} make-generation-table --table table3 --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
+        "dnd make-generation-table --table table3 --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"

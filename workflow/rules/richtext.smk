@@ -17,8 +17,10 @@ rule fit_language_model:
     log:
         "logs/fit_language_model.log",
     threads: 1
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {DND} fit-language-model --code-version {params.code} --params {params.cfg}"
+        "OMP_NUM_THREADS={threads} dnd fit-language-model --code-version {params.code} --params {params.cfg}"
         " --dataset {input.dataset} --out {output.lm} > {log} 2>&1"
 
 
@@ -37,8 +39,10 @@ rule train_ddpm:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {DND} train-ddpm --code-version {params.code} --name {wildcards.ddpm} --params {params.cfg}"
+        "OMP_NUM_THREADS={threads} dnd train-ddpm --code-version {params.code} --name {wildcards.ddpm} --params {params.cfg}"
         " --datasets {input.datasets} --out {output.model} > {log} 2>&1"
 
 
@@ -55,8 +59,10 @@ rule sample_ddpm:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {DND} sample-ddpm --code-version {params.code} --name {wildcards.ddpm} --params {params.cfg}"
+        "OMP_NUM_THREADS={threads} dnd sample-ddpm --code-version {params.code} --name {wildcards.ddpm} --params {params.cfg}"
         " --model {input.model} --out {output.samples} > {log} 2>&1"
 
 
@@ -73,8 +79,10 @@ rule sample_pipeline:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {DND} sample-pipeline --code-version {params.code} --name {wildcards.pipeline} --params {params.cfg}"
+        "OMP_NUM_THREADS={threads} dnd sample-pipeline --code-version {params.code} --name {wildcards.pipeline} --params {params.cfg}"
         " --out {output.samples} > {log} 2>&1"
 
 
@@ -90,8 +98,10 @@ rule evaluate_richtext:
     log:
         "logs/evaluate_richtext/{model}/{sampling}.log",
     threads: 1
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {DND} evaluate-richtext --code-version {params.code} --params {params.cfg}"
+        "OMP_NUM_THREADS={threads} dnd evaluate-richtext --code-version {params.code} --params {params.cfg}"
         " --samples {input.samples} --lm {input.lm} --model-name {wildcards.model} --sampling-name {wildcards.sampling}"
         " --out {output.metrics} > {log} 2>&1"
 
@@ -108,8 +118,10 @@ rule evaluate_richtext_reference:
     log:
         "logs/evaluate_richtext/reference.log",
     threads: 1
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {DND} evaluate-richtext --code-version {params.code} --params {params.cfg}"
+        "OMP_NUM_THREADS={threads} dnd evaluate-richtext --code-version {params.code} --params {params.cfg}"
         " --reference-dataset {input.dataset} --lm {input.lm} --out {output.metrics} > {log} 2>&1"
 
 
@@ -126,6 +138,8 @@ rule make_richtext_table:
         cfg=richtext_eval_params(),
     log:
         "logs/make_richtext_table.log",
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "{DND} make-richtext-table --params {params.cfg} --metrics {input.reference} {input.metrics}"
+        "dnd make-richtext-table --params {params.cfg} --metrics {input.reference} {input.metrics}"
         " --samples {input.samples} --out {output.table} > {log} 2>&1"

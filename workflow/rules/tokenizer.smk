@@ -22,8 +22,10 @@ rule train_tokenizer:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {DND} train-tokenizer --code-version {params.code} --name {wildcards.tokenizer} --params {params.cfg} --datasets {input.datasets} --out {output.model} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} dnd train-tokenizer --code-version {params.code} --name {wildcards.tokenizer} --params {params.cfg} --datasets {input.datasets} --out {output.model} > {log} 2>&1"
 
 
 rule evaluate_reconstruction:
@@ -43,8 +45,10 @@ rule evaluate_reconstruction:
     benchmark:
         "results/benchmarks/evaluate_reconstruction/{tokenizer}/{testset}.tsv"
     threads: 1
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {DND} evaluate-reconstruction --code-version {params.code} --params {params.cfg} --tokenizer {params.tokenizer} --tokenizer-name {wildcards.tokenizer}"
+        "OMP_NUM_THREADS={threads} dnd evaluate-reconstruction --code-version {params.code} --params {params.cfg} --tokenizer {params.tokenizer} --tokenizer-name {wildcards.tokenizer}"
         " --testset {input.testset} --testset-name {wildcards.testset} --out {output.metrics} > {log} 2>&1"
 
 
@@ -65,8 +69,10 @@ rule evaluate_vae_reconstruction:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {DND} evaluate-vae-reconstruction --code-version {params.code} --params {params.cfg} --vae-name {wildcards.vae}"
+        "OMP_NUM_THREADS={threads} dnd evaluate-vae-reconstruction --code-version {params.code} --params {params.cfg} --vae-name {wildcards.vae}"
         " --testset {input.testset} --testset-name {wildcards.testset} --out {output.metrics} > {log} 2>&1"
 
 
@@ -84,8 +90,10 @@ rule tokenize_images:
     benchmark:
         "results/benchmarks/tokenize_images/{tokenizer}/{dataset}.tsv"
     threads: workflow.cores
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "DND_WORKERS={threads} {DND} tokenize-images --code-version {params.code} --tokenizer {input.tokenizer} --dataset {input.dataset} {params.crops}"
+        "DND_WORKERS={threads} dnd tokenize-images --code-version {params.code} --tokenizer {input.tokenizer} --dataset {input.dataset} {params.crops}"
         " --out {output.codes} > {log} 2>&1"
 
 
@@ -100,8 +108,10 @@ rule make_table1a:
         cfg=stage_params("tables.table1a"),
     log:
         "logs/make_table1a.log",
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "{DND} make-table1 --table table1a --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
+        "dnd make-table1 --table table1a --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
 
 
 rule make_table1b:
@@ -115,5 +125,7 @@ rule make_table1b:
         cfg=stage_params("tables.table1b"),
     log:
         "logs/make_table1b.log",
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "{DND} make-table1 --table table1b --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
+        "dnd make-table1 --table table1b --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"

@@ -22,8 +22,10 @@ rule train_transformer:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {DND} train-transformer --code-version {params.code} --name {wildcards.model} --params {params.cfg}"
+        "OMP_NUM_THREADS={threads} dnd train-transformer --code-version {params.code} --name {wildcards.model} --params {params.cfg}"
         " --codes {input.codes} --tokenizer {input.tokenizer} --out {output.model} > {log} 2>&1"
 
 
@@ -45,6 +47,8 @@ rule sample_images:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        "../../envs/dnd.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {DND} sample --code-version {params.code} --params {params.cfg} --model {input.model} --tokenizer {input.tokenizer}"
+        "OMP_NUM_THREADS={threads} dnd sample --code-version {params.code} --params {params.cfg} --model {input.model} --tokenizer {input.tokenizer}"
         " --model-name {wildcards.model} --sampling-name {wildcards.sampling} --out {output.samples} > {log} 2>&1"
