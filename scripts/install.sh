@@ -2,7 +2,7 @@
 # Install everything dnd-pipeline needs into ./.venv (idempotent; a no-op when nothing changed).
 #   scripts/install.sh            Python packages only (the demo needs nothing else)
 #   scripts/install.sh --system   also the Debian packages the test suite uses (SLURM + munge; Chromium and
-#                                 chromedriver for the report test), when root
+#                                 chromedriver for the report test; tesseract for its OCR backend), when root
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,9 +13,10 @@ if [[ "${1:-}" == "--system" ]]; then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         bash scripts/install-slurm.sh
         bash scripts/install-browser.sh
+        bash scripts/apt-install-missing.sh tesseract-ocr  # the tesseract OCR backend (rapidocr is the default)
     else
-        echo "install.sh: not root or no apt-get: skipping SLURM and Chromium packages" \
-            "(the SLURM tests and the report's browser test will be skipped)" >&2
+        echo "install.sh: not root or no apt-get: skipping SLURM, Chromium and tesseract packages" \
+            "(the SLURM tests, the report's browser test and the tesseract tests will be skipped)" >&2
     fi
 fi
 
