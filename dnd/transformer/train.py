@@ -27,6 +27,7 @@ from dnd.transformer import parallel
 from dnd.transformer.model import Transformer, TransformerConfig, code_cross_entropy
 from dnd.training import (
     Checkpointer, Progress, all_ranks_agree, batch_indices, default_device, rng_state, seed_everything, set_rng_state,
+    wait_for_all_ranks,
 )
 
 log = logging.getLogger("dnd.transformer.train")
@@ -235,6 +236,7 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
         if takes_part and (done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping):
             save(done, checkpoints.last)
         if stopping:
+            wait_for_all_ranks(world, device)  # no rank exits (and gets requeued) before rank 0 wrote the checkpoint
             progress.close()
             if writer is not None:
                 writer.close()
