@@ -29,6 +29,13 @@ def _fingerprint(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
     return {"inputs": input_fingerprint(paths), "code": args.code_version}
 
 
+def _work_area(args: argparse.Namespace, stage: str, name: str, raw: dict[str, Any], inputs: list[Path]) -> Path:
+    """`--work-dir` when the command has one and it is given, else work/<stage>/<name>-<hash of the config,
+    the inputs' fingerprint and the code version>: where a stage keeps what survives a rerun."""
+    given = getattr(args, "work_dir", None)
+    return Path(given) if given else stage_work_dir(stage, name, raw, _fingerprint(args, inputs))
+
+
 def _stage_config(args: argparse.Namespace, default_key: str) -> dict[str, Any]:
     if args.params is not None:
         return json.loads(args.params)
@@ -50,7 +57,7 @@ def cmd_render_text_images(args: argparse.Namespace) -> None:
     from dnd.stages.text_image import TextImageConfig, render_text_images
 
     raw = _stage_config(args, "data.text_image")
-    work = Path(args.work_dir) if args.work_dir else stage_work_dir("render_text_images", "text_image", raw, _fingerprint(args, [Path(args.chunks)]))
+    work = _work_area(args, "render_text_images", "text_image", raw, [Path(args.chunks)])
     render_text_images(TextImageConfig.from_dict(raw), Path(args.chunks), Path(args.out), work)
 
 
@@ -68,8 +75,8 @@ def cmd_rasterize_pdfs(args: argparse.Namespace) -> None:
     raw = _stage_config(args, "data.arxiv_image")
     if args.pdfs:
         raw = {**raw, "pdfs": args.pdfs}
-    inputs = _fingerprint(args, [Path(raw["pdfs"])])
-    work = Path(args.work_dir) if args.work_dir else stage_work_dir("rasterize_pdfs", "arxiv_image", raw, inputs)
+    inputs = [Path(raw["pdfs"])]
+    work = _work_area(args, "rasterize_pdfs", "arxiv_image", raw, inputs)
     rasterize_pdfs(ArxivImageConfig.from_dict(raw), Path(args.out), work)
 
 
@@ -79,8 +86,8 @@ def cmd_prepare_images(args: argparse.Namespace) -> None:
     raw = _stage_config(args, "data.classes")
     if args.root:
         raw = {**raw, "root": args.root}
-    inputs = _fingerprint(args, [Path(raw["root"])])
-    work = Path(args.work_dir) if args.work_dir else stage_work_dir("prepare_images", "classes", raw, inputs)
+    inputs = [Path(raw["root"])]
+    work = _work_area(args, "prepare_images", "classes", raw, inputs)
     prepare_images(ClassesConfig.from_dict(raw), Path(args.out), work)
 
 
@@ -105,7 +112,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
 
     raw = _stage_config(args, f"tokenizers.{args.name}")
     datasets = [Path(d) for d in args.datasets]
-    work = Path(args.work_dir) if args.work_dir else stage_work_dir("train_tokenizer", args.name, raw, _fingerprint(args, datasets))
+    work = _work_area(args, "train_tokenizer", args.name, raw, datasets)
     spec = TokenizerSpec.from_dict(args.name, raw)
     run_task("train_tokenizer", TrainingTask(train_tokenizer, (spec, datasets, Path(args.out), work), work), work)
 
@@ -118,7 +125,7 @@ def cmd_evaluate_reconstruction(args: argparse.Namespace) -> None:
     tokenizer = None if args.tokenizer == ORIGINAL else Path(args.tokenizer)
     names = {"tokenizer": args.tokenizer_name or (ORIGINAL if tokenizer is None else tokenizer.parent.name),
              "testset": args.testset_name or Path(args.testset).name}
-    work = stage_work_dir("evaluate_reconstruction", f"{names['tokenizer']}-{names['testset']}", raw, _fingerprint(args, [Path(args.testset), *([tokenizer] if tokenizer else [])]))
+    work = _work_area(args, "evaluate_reconstruction", f"{names['tokenizer']}-{names['testset']}", raw, [Path(args.testset), *([tokenizer] if tokenizer else [])])
     run_task("evaluate_reconstruction", partial(evaluate_reconstruction, tokenizer, Path(args.testset), Path(args.out), cfg, names), work)
 
 
@@ -136,8 +143,7 @@ def cmd_evaluate_vae_reconstruction(args: argparse.Namespace) -> None:
     folder = check_vae_folder(args.vae_name, vae_cfg)  # before fingerprinting it: a clear error if it is not there
     cfg = ReconEvalConfig.from_dict(recon, raw.get("metrics", {}))
     testset_name = args.testset_name or Path(args.testset).name
-    work = stage_work_dir("evaluate_vae_reconstruction", f"{args.vae_name}-{testset_name}", raw,
-                          _fingerprint(args, [Path(args.testset), folder]))
+    work = _work_area(args, "evaluate_vae_reconstruction", f"{args.vae_name}-{testset_name}", raw, [Path(args.testset), folder])
     run_task("evaluate_vae_reconstruction", partial(
         evaluate_vae_reconstruction, args.vae_name, vae_cfg, Path(args.testset), Path(args.out), cfg, testset_name), work)
 
@@ -146,8 +152,8 @@ def cmd_tokenize_images(args: argparse.Namespace) -> None:
     from dnd.stages.tokenize import tokenize_images
 
     raw = {"tokenizer": args.tokenizer, "dataset": args.dataset, "batch_size": args.batch_size, "ten_crop_scale": args.ten_crop_scale}
-    inputs = _fingerprint(args, [Path(args.tokenizer), Path(args.dataset)])
-    work = Path(args.work_dir) if args.work_dir else stage_work_dir("tokenize_images", Path(args.tokenizer).parent.name, raw, inputs)
+    inputs = [Path(args.tokenizer), Path(args.dataset)]
+    work = _work_area(args, "tokenize_images", Path(args.tokenizer).parent.name, raw, inputs)
     tokenize_images(Path(args.tokenizer), Path(args.tokenizer).parent.name, Path(args.dataset), Path(args.out), work, args.batch_size,
                     args.ten_crop_scale)
 
@@ -179,8 +185,8 @@ def cmd_train_transformer(args: argparse.Namespace) -> None:
     from dnd.transformer.train import TransformerSpec, train_transformer
 
     raw = _stage_config(args, f"transformers.{args.name}")
-    inputs = _fingerprint(args, [Path(args.codes), Path(args.tokenizer)])
-    work = Path(args.work_dir) if args.work_dir else stage_work_dir("train_transformer", args.name, raw, inputs)
+    inputs = [Path(args.codes), Path(args.tokenizer)]
+    work = _work_area(args, "train_transformer", args.name, raw, inputs)
     spec = TransformerSpec.from_dict(args.name, raw)
     task = TrainingTask(train_transformer, (spec, Path(args.codes), Path(args.out), work, Path(args.tokenizer)), work)
     run_task("train_transformer", task, work)
@@ -190,8 +196,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from dnd.stages.sample import SampleSpec, sample_images
 
     raw = _stage_config(args, f"sampling.{args.sampling_name}")
-    inputs = _fingerprint(args, [Path(args.model), Path(args.tokenizer)])
-    work = Path(args.work_dir) if args.work_dir else stage_work_dir("sample_images", f"{args.model_name}-{args.sampling_name}", raw, inputs)
+    inputs = [Path(args.model), Path(args.tokenizer)]
+    work = _work_area(args, "sample_images", f"{args.model_name}-{args.sampling_name}", raw, inputs)
     names = {"model": args.model_name, "sampling": args.sampling_name}
     sample_images(Path(args.model), Path(args.tokenizer), SampleSpec.from_dict(raw), Path(args.out), work, names)
 
@@ -201,7 +207,7 @@ def cmd_compute_reference(args: argparse.Namespace) -> None:
 
     raw = _stage_config(args, "evaluation")
     cfg = ReferenceConfig.from_dict(raw.get("reference", {}), raw.get("metrics", {}))
-    work = stage_work_dir("compute_reference", Path(args.source).name, raw, _fingerprint(args, [Path(args.source)]))
+    work = _work_area(args, "compute_reference", Path(args.source).name, raw, [Path(args.source)])
     run_task("compute_reference", partial(compute_reference, Path(args.source), Path(args.out), cfg), work)
 
 
@@ -209,7 +215,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
     from dnd.metrics.classifier import ClassifierConfig, train_classifier
 
     raw = _stage_config(args, "evaluation.classifier")
-    work = stage_work_dir("train_classifier", Path(args.dataset).name, raw, _fingerprint(args, [Path(args.dataset)]))
+    work = _work_area(args, "train_classifier", Path(args.dataset).name, raw, [Path(args.dataset)])
     run_task("train_classifier", partial(train_classifier, Path(args.dataset), Path(args.out), ClassifierConfig(**raw)), work)
 
 
@@ -219,7 +225,7 @@ def cmd_evaluate_generation(args: argparse.Namespace) -> None:
     raw = _stage_config(args, "evaluation")
     cfg = GenEvalConfig.from_dict(raw.get("generation", {}), raw.get("metrics", {}))
     inputs = [Path(args.samples), Path(args.reference), *([Path(args.classifier)] if args.classifier else [])]
-    work = stage_work_dir("evaluate_generation", Path(args.samples).name, raw, _fingerprint(args, inputs))
+    work = _work_area(args, "evaluate_generation", Path(args.samples).name, raw, inputs)
     classifier = Path(args.classifier) if args.classifier else None
     run_task("evaluate_generation", partial(evaluate_generation, Path(args.samples), Path(args.reference), classifier, Path(args.out), cfg), work)
 
@@ -252,7 +258,7 @@ def cmd_fit_language_model(args: argparse.Namespace) -> None:
     from dnd.metrics.ppl import LMConfig, fit_ngram_on_dataset
 
     raw = _stage_config(args, "richtext.language_model")
-    work = stage_work_dir("fit_language_model", Path(args.dataset).name, raw, _fingerprint(args, [Path(args.dataset)]))
+    work = _work_area(args, "fit_language_model", Path(args.dataset).name, raw, [Path(args.dataset)])
     run_task("fit_language_model", partial(fit_ngram_on_dataset, LMConfig(**raw), Path(args.dataset), Path(args.out)), work)
 
 
@@ -261,7 +267,7 @@ def cmd_train_ddpm(args: argparse.Namespace) -> None:
 
     raw = _stage_config(args, f"ddpm.{args.name}")
     datasets = [Path(d) for d in args.datasets]
-    work = Path(args.work_dir) if args.work_dir else stage_work_dir("train_ddpm", args.name, raw, _fingerprint(args, datasets))
+    work = _work_area(args, "train_ddpm", args.name, raw, datasets)
     cfg = DDPMConfig.from_dict({k: v for k, v in raw.items() if k not in ("data", "sampling")})
     run_task("train_ddpm", TrainingTask(train_ddpm, (cfg, datasets, Path(args.out), work), work), work)
 
@@ -270,7 +276,7 @@ def cmd_sample_ddpm(args: argparse.Namespace) -> None:
     from dnd.stages.richtext import sample_ddpm_images
 
     raw = _stage_config(args, f"ddpm.{args.name}").get("sampling", {})
-    work = stage_work_dir("sample_ddpm", args.name, raw, _fingerprint(args, [Path(args.model)]))
+    work = _work_area(args, "sample_ddpm", args.name, raw, [Path(args.model)])
     sample = partial(sample_ddpm_images, Path(args.model), raw.get("n", 250), raw.get("seed", 0), raw.get("batch_size", 16),
                      raw.get("num_inference_steps"), Path(args.out), {"model": args.name, "sampling": "ddpm"})
     run_task("sample_ddpm", sample, work)
@@ -282,7 +288,7 @@ def cmd_sample_pipeline(args: argparse.Namespace) -> None:
     raw = _stage_config(args, f"richtext.pipelines.{args.name}")
     spec = PipelineSpec(**raw)
     folder = check_pipeline_folder(args.name, spec)  # before fingerprinting it: a clear error if it is not there
-    work = Path(args.work_dir) if args.work_dir else stage_work_dir("sample_pipeline", args.name, raw, _fingerprint(args, [folder]))
+    work = _work_area(args, "sample_pipeline", args.name, raw, [folder])
     sample_pipeline_images(args.name, spec, Path(args.out), work)
 
 
@@ -297,7 +303,7 @@ def cmd_evaluate_richtext(args: argparse.Namespace) -> None:
     names = {"dataset": raw.get("dataset", "text_image"), **({"model": args.model_name} if args.model_name else {}),
              **({"sampling": args.sampling_name} if args.sampling_name else {})}
     inputs = [p for p in (samples, reference, Path(args.lm)) if p is not None]
-    work = stage_work_dir("evaluate_richtext", Path(args.out).stem, raw, _fingerprint(args, inputs))
+    work = _work_area(args, "evaluate_richtext", Path(args.out).stem, raw, inputs)
     run_task("evaluate_richtext", partial(
         evaluate_richtext, samples, reference, Path(args.lm), Path(args.out), LMConfig(**raw.get("language_model", {})),
         OCRConfig(**raw.get("ocr", {})), raw.get("max_images", 250), names), work)

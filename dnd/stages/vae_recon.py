@@ -21,6 +21,7 @@ import torch
 
 from dnd.atomic import write_json
 from dnd.config import ConfigError
+from dnd.data import shards
 from dnd.data.images import ImageShardDataset, to_uint8
 from dnd.provenance import record
 from dnd.stages.recon import ReconEvalConfig, ocr_metrics, rfid_metrics, save_recon_grid
@@ -98,10 +99,10 @@ def evaluate_vae_reconstruction(name: str, vae_cfg: ReferenceVAEConfig, testset:
     """L2, rOCR, rFID of the VAE `name` on the test split of `testset` → `out` (+ a recon grid beside it)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     vae = load_reference_vae(name, vae_cfg, device)
-    probe = ImageShardDataset([testset], "test", 3, resolution=None, limit=1)
-    if not len(probe):
+    first = next(shards.iter_records(testset, "test", columns=["png"]), None)
+    if first is None:
         raise ValueError(f"no test images in {testset}")
-    channels = 1 if probe.image(0).mode in GRAY_MODES else 3  # the test set's own channels: L2 on those
+    channels = 1 if shards.decode_png(first["png"]).mode in GRAY_MODES else 3  # the test set's own channels: L2 on those
     data = ImageShardDataset([testset], "test", channels, resolution=None, limit=cfg.max_images)
     texts = data.meta["text"][: len(data)]
     generator = torch.Generator("cpu").manual_seed(vae_cfg.seed) if vae_cfg.latent == "sample" else None  # same draws on any device

@@ -18,7 +18,6 @@ share on its own, as in the authors' multi-GPU training). Rank 0 logs, validates
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -172,10 +171,7 @@ def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_d
     net, disc_net = model, loss_fn.discriminator
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
-        ddp_options = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
-        # `forward_sync_buffers` replaces the deprecated `broadcast_buffers` (older torch has only the latter).
-        no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in ddp_options else {"broadcast_buffers": False}
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **no_sync)
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
         if disc_net is not None:
             disc_net = torch.nn.parallel.DistributedDataParallel(disc_net, device_ids=device_ids)
 

@@ -106,10 +106,9 @@ def reference_vaes():
 
 
 def recon_tokenizer_pattern():
-    """The `tokenizer` wildcard of evaluate_reconstruction: any name but a reference VAE's (their own rule)."""
-    if not reference_vaes():
-        return r"[A-Za-z0-9_]+"
-    return rf"(?!(?:{name_pattern(reference_vaes())})/)[A-Za-z0-9_]+"
+    """The `tokenizer` wildcard of evaluate_reconstruction: the configured tokenizers and the 'original'
+    row (reference VAEs, whose names may not clash with them, have their own rule)."""
+    return name_pattern([*config.get("tokenizers", {}), ORIGINAL])
 
 
 def _recon_settings():
