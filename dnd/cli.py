@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -18,22 +19,37 @@ from dnd.config import ConfigError, load_config, subtree
 from dnd.logs import setup_logging
 from dnd.provenance import write_provenance
 from dnd.launch import Interrupted, TrainingTask, run_task
-from dnd.workarea import input_fingerprint, stage_work_dir
+from dnd.workarea import stage_work_dir, start_fresh, work_dir_for
 
 log = logging.getLogger("dnd")
+FRESH_ENV = "DND_FRESH"  # DND_FRESH=1 snakemake …: every training job it runs starts at step 0 (like --fresh)
+FRESH = ("--fresh", dict(action="store_true", help="start over: remove this run's checkpoints first (else a rerun resumes)"))
 
 
-def _fingerprint(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
-    """What besides the config keys a stage's work area: its inputs, and the version of its code
-    (`--code-version`, which the rules pass), so neither new data nor new code resumes stale state."""
-    return {"inputs": input_fingerprint(paths), "code": args.code_version}
+class WorkAreaOnly(Exception):
+    """Raised by `_work_area` when a command is only asked where its work area is (`dnd clean-work`):
+    the folder, or None with the reason when its inputs cannot be read yet."""
+
+    def __init__(self, stage: str, name: str, path: Path | None, reason: str = ""):
+        super().__init__(str(path) if path else reason)
+        self.stage, self.name, self.path, self.reason = stage, name, path, reason
 
 
 def _work_area(args: argparse.Namespace, stage: str, name: str, raw: dict[str, Any], inputs: list[Path]) -> Path:
-    """`--work-dir` when the command has one and it is given, else work/<stage>/<name>-<hash of the config,
-    the inputs' fingerprint and the code version>: where a stage keeps what survives a rerun."""
+    """`--work-dir` when the command has one and it is given, else work/<stage>/<name>-<hash of the config
+    and the inputs' content>: where a stage keeps what survives a rerun (the code version is not part of it:
+    checkpoints record theirs, and a resume across versions is logged)."""
     given = getattr(args, "work_dir", None)
-    return Path(given) if given else stage_work_dir(stage, name, raw, _fingerprint(args, inputs))
+    if getattr(args, "work_area_only", False):
+        try:
+            raise WorkAreaOnly(stage, name, Path(given) if given else work_dir_for(stage, name, raw, inputs)[0])
+        except OSError as err:  # an input not built yet
+            raise WorkAreaOnly(stage, name, None, f"{err.strerror}: {err.filename}") from None
+    work = Path(given) if given else stage_work_dir(stage, name, raw, inputs)
+    fresh = getattr(args, "fresh", False) or os.environ.get(FRESH_ENV) == "1"
+    if fresh and start_fresh(work):
+        log.warning("--fresh: removed the checkpoints in %s; training starts at step 0", work)
+    return work
 
 
 def _stage_config(args: argparse.Namespace, default_key: str) -> dict[str, Any]:
@@ -114,7 +130,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
     datasets = [Path(d) for d in args.datasets]
     work = _work_area(args, "train_tokenizer", args.name, raw, datasets)
     spec = TokenizerSpec.from_dict(args.name, raw)
-    run_task("train_tokenizer", TrainingTask(train_tokenizer, (spec, datasets, Path(args.out), work), work), work)
+    task = TrainingTask(train_tokenizer, (spec, datasets, Path(args.out), work), work, code_version=args.code_version)
+    run_task("train_tokenizer", task, work)
 
 
 def cmd_evaluate_reconstruction(args: argparse.Namespace) -> None:
@@ -159,25 +176,12 @@ def cmd_tokenize_images(args: argparse.Namespace) -> None:
 
 
 def cmd_make_table1(args: argparse.Namespace) -> None:
-    from dnd import tables
+    from dnd.report.tables import write_table1
 
     raw = _stage_config(args, f"tables.{args.table}")
     metrics = [Path(m) for m in args.metrics]
-    out = Path(args.out)
-    notes = raw.get("notes", {})
-    if args.table == "table1a":
-        frame = tables.table1a(metrics, notes)
-        tables.plot_bars(frame, ["L2", "code_usage"], "Table 1a: reconstruction on the class-labelled test set", "value", out.with_suffix(".png"))
-    else:
-        frame = tables.table1b(metrics, raw["columns"], notes)
-        tables.plot_bars(frame, [c for c in frame.columns if c in raw["columns"].values()], "Table 1b: rOCR of reconstructions (higher is better)", "ROUGE-L F", out.with_suffix(".png"))
-    tables.write_csv(frame, out)
-    grids = [m.with_suffix(".png") for m in metrics if m.with_suffix(".png").exists()]
-    if not grids:
-        raise ConfigError(f"tables.{args.table}: no row has a reconstruction grid (it lists no tokenizer or VAE)")
-    captions = [json.loads(g.with_suffix(".json").read_text()).get("grid", "originals, then depth 1..D") for g in grids]
-    tables.stack_images(grids, [f"{g.parent.name} on {g.stem}: {c}" for g, c in zip(grids, captions)], out.with_name(out.stem + "_grids.png"))
-    write_provenance(out, f"make_{args.table}", raw, metrics=[str(m) for m in metrics])
+    frame = write_table1(args.table, metrics, raw, Path(args.out))
+    write_provenance(Path(args.out), f"make_{args.table}", raw, metrics=[str(m) for m in metrics])
     print(frame.to_string(index=False))
 
 
@@ -188,7 +192,8 @@ def cmd_train_transformer(args: argparse.Namespace) -> None:
     inputs = [Path(args.codes), Path(args.tokenizer)]
     work = _work_area(args, "train_transformer", args.name, raw, inputs)
     spec = TransformerSpec.from_dict(args.name, raw)
-    task = TrainingTask(train_transformer, (spec, Path(args.codes), Path(args.out), work, Path(args.tokenizer)), work)
+    task = TrainingTask(train_transformer, (spec, Path(args.codes), Path(args.out), work, Path(args.tokenizer)), work,
+                        code_version=args.code_version)
     run_task("train_transformer", task, work)
 
 
@@ -216,7 +221,9 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
 
     raw = _stage_config(args, "evaluation.classifier")
     work = _work_area(args, "train_classifier", Path(args.dataset).name, raw, [Path(args.dataset)])
-    run_task("train_classifier", partial(train_classifier, Path(args.dataset), Path(args.out), ClassifierConfig(**raw)), work)
+    task = TrainingTask(train_classifier, (Path(args.dataset), Path(args.out), ClassifierConfig(**raw), work), work,
+                        code_version=args.code_version)
+    run_task("train_classifier", task, work)
 
 
 def cmd_evaluate_generation(args: argparse.Namespace) -> None:
@@ -231,26 +238,13 @@ def cmd_evaluate_generation(args: argparse.Namespace) -> None:
 
 
 def cmd_make_generation_table(args: argparse.Namespace) -> None:
-    from dnd import gen_tables, tables
+    from dnd.report.generation import write_generation_table
 
     raw = _stage_config(args, f"tables.{args.table}")
-    metrics = [Path(m) for m in args.metrics]
-    out = Path(args.out)
-    notes = raw.get("notes", {})
-    frame = gen_tables.table2(metrics, notes) if args.table == "table2" else gen_tables.table3(metrics, notes=notes)
-    extra = {}
-    if args.table == "table3":
-        metric = gen_tables.headline_metric(frame)
-        extra["order_note"] = gen_tables.order_note(frame, metric)
-        frame["note"] = [f"{n}; {extra['order_note']}" if n else extra["order_note"] for n in frame["note"]]
-        tables.plot_bars(frame.rename(columns={"model": "tokenizer"}).assign(tokenizer=frame["variant"]),
-                         [metric], f"Table 3: the four variants ({metric})", metric, out.with_suffix(".png"))
-    else:
-        gen_tables.plot_fid_vs_cfg(frame, out.with_suffix(".png"))
-    tables.write_csv(frame, out)
-    write_provenance(out, f"make_{args.table}", raw, rows=gen_tables.row_provenance(metrics), **extra)
+    frame, extra = write_generation_table(args.table, [Path(m) for m in args.metrics], raw, Path(args.out))
+    write_provenance(Path(args.out), f"make_{args.table}", raw, **extra)
     print(frame.to_string(index=False))
-    if extra:
+    if "order_note" in extra:
         print(extra["order_note"])
 
 
@@ -269,13 +263,14 @@ def cmd_train_ddpm(args: argparse.Namespace) -> None:
     datasets = [Path(d) for d in args.datasets]
     work = _work_area(args, "train_ddpm", args.name, raw, datasets)
     cfg = DDPMConfig.from_dict({k: v for k, v in raw.items() if k not in ("data", "sampling")})
-    run_task("train_ddpm", TrainingTask(train_ddpm, (cfg, datasets, Path(args.out), work), work), work)
+    task = TrainingTask(train_ddpm, (cfg, datasets, Path(args.out), work), work, code_version=args.code_version, name=args.name)
+    run_task("train_ddpm", task, work)
 
 
 def cmd_sample_ddpm(args: argparse.Namespace) -> None:
-    from dnd.stages.richtext import sample_ddpm_images
+    from dnd.baselines.ddpm_samples import sample_ddpm_images
 
-    raw = _stage_config(args, f"ddpm.{args.name}").get("sampling", {})
+    raw = _stage_config(args, f"ddpm.{args.name}.sampling")
     work = _work_area(args, "sample_ddpm", args.name, raw, [Path(args.model)])
     sample = partial(sample_ddpm_images, Path(args.model), raw.get("n", 250), raw.get("seed", 0), raw.get("batch_size", 16),
                      raw.get("num_inference_steps"), Path(args.out), {"model": args.name, "sampling": "ddpm"})
@@ -310,19 +305,77 @@ def cmd_evaluate_richtext(args: argparse.Namespace) -> None:
 
 
 def cmd_make_richtext_table(args: argparse.Namespace) -> None:
-    from dnd import tables
-    from dnd.stages.richtext import plot_ppl_by_temperature, richtext_table, stack_grids
+    from dnd.report.richtext import write_richtext_table
 
     raw = _stage_config(args, "richtext")
     metrics = [Path(m) for m in args.metrics]
-    out = Path(args.out)
-    frame = richtext_table(metrics, raw.get("notes", {}))
-    plot_ppl_by_temperature(frame, out.with_suffix(".png"))
-    samples = [Path(s) for s in args.samples]
-    stack_grids(samples, [f"{s.parent.name} / {s.name}" for s in samples], out.with_name(out.stem + "_grids.png"))
-    tables.write_csv(frame, out)
-    write_provenance(out, "make_richtext_table", raw, metrics=[str(m) for m in metrics])
+    frame = write_richtext_table(metrics, [Path(s) for s in args.samples], raw.get("notes", {}), Path(args.out))
+    write_provenance(Path(args.out), "make_richtext_table", raw, metrics=[str(m) for m in metrics])
     print(frame.to_string(index=False))
+
+
+def _planned_commands(args: argparse.Namespace) -> list[list[str]]:
+    """The `dnd …` argument lists of every job of the DAG (a forced dry run: Snakemake's own plan)."""
+    import shlex
+    import subprocess
+
+    cmd = [sys.executable, "-m", "snakemake", "--dry-run", "--forceall", "--printshellcmds", "--cores", "1",
+           "--snakefile", args.snakefile, *(["--configfile", args.configfile] if args.configfile else []), *args.targets]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise ConfigError(f"clean-work: the dry run failed: {(run.stderr or run.stdout).strip().splitlines()[-1:]}")
+    commands = []
+    for line in run.stdout.splitlines():
+        if not line.startswith("Shell command: "):
+            continue
+        words = shlex.split(line[len("Shell command: "):])
+        if "dnd" in words:
+            rest = words[words.index("dnd") + 1:]
+            commands.append(rest[: rest.index(">")] if ">" in rest else rest)
+    return commands
+
+
+def cmd_clean_work(args: argparse.Namespace) -> None:
+    import inspect
+    import shutil
+
+    from dnd.workarea import folder_size, work_folders, work_root
+
+    root = work_root()
+    current: set[Path] = set()
+    undecided: dict[tuple[str, str], str] = {}
+    parser = build_parser()
+    for argv in _planned_commands(args):
+        job = parser.parse_args(argv)
+        if "_work_area(" not in inspect.getsource(job.func):
+            continue  # a stage without a work area
+        job.work_area_only = True
+        try:
+            job.func(job)
+        except WorkAreaOnly as found:
+            if found.path is not None:
+                current.add(found.path.resolve())
+            else:
+                undecided[(found.stage, found.name)] = found.reason
+    orphans, kept = [], 0
+    for folder in work_folders(root):
+        stage, name = folder.parent.name, folder.name.rsplit("-", 1)[0]
+        if folder.resolve() in current:
+            kept += 1
+        elif (stage, name) in undecided:
+            kept += 1
+            log.info("kept %s: its inputs are not built yet (%s)", folder, undecided[(stage, name)])
+        else:
+            orphans.append(folder)
+    total = 0
+    for folder in orphans:
+        size = folder_size(folder)
+        total += size
+        print(f"{'removed' if args.delete else 'would remove'} {folder} ({size / 2**20:.1f} MiB)")
+        if args.delete:
+            shutil.rmtree(folder)
+    print(f"{len(orphans)} work folder(s) no current config points to ({total / 2**20:.1f} MiB), {kept} in use"
+          + ("" if args.delete or not orphans else "; rerun with --delete to remove them"))
 
 
 Command = tuple[str, str, Callable[[argparse.Namespace], None], list[tuple[str, dict[str, Any]]]]
@@ -393,6 +446,7 @@ COMMANDS: list[Command] = [
             ("--datasets", dict(required=True, nargs="+", help="image data set folders to train on (train split; val for validation)")),
             ("--out", dict(required=True, help="output model.pt")),
             ("--work-dir", dict(help="checkpoints, TensorBoard logs and recon grids (default: work/train_tokenizer/<name>-<hash>)")),
+            FRESH,
         ],
     ),
     (
@@ -452,6 +506,7 @@ COMMANDS: list[Command] = [
             ("--tokenizer", dict(required=True, help="the tokenizer's model.pt (decodes sample grids during training)")),
             ("--out", dict(required=True, help="output model.pt")),
             ("--work-dir", dict(help="checkpoints and TensorBoard logs (default: work/train_transformer/<name>-<hash>)")),
+            FRESH,
         ],
     ),
     (
@@ -483,6 +538,7 @@ COMMANDS: list[Command] = [
         [
             ("--dataset", dict(required=True, help="class-labelled data set folder")),
             ("--out", dict(required=True, help="output classifier .pt")),
+            FRESH,
         ],
     ),
     (
@@ -524,6 +580,7 @@ COMMANDS: list[Command] = [
             ("--datasets", dict(required=True, nargs="+", help="image data set folders (train split)")),
             ("--out", dict(required=True, help="output model.pt")),
             ("--work-dir", dict(help="checkpoints (default: work/train_ddpm/<name>-<hash>)")),
+            FRESH,
         ],
     ),
     (
@@ -572,10 +629,24 @@ COMMANDS: list[Command] = [
 ]
 
 
+MAINTENANCE: list[Command] = [
+    (
+        "clean-work",
+        "List (default) or remove (--delete) the work folders no job of the current config's DAG points to.",
+        cmd_clean_work,
+        [
+            ("--snakefile", dict(default="Snakefile", help="the workflow (default: ./Snakefile)")),
+            ("--delete", dict(action="store_true", help="remove them (default: a dry run that only lists them)")),
+            ("targets", dict(nargs="*", help="Snakemake targets whose jobs count as current (default: the whole DAG)")),
+        ],
+    ),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dnd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
-    for name, help_text, func, options in COMMANDS:
+    for name, help_text, func, options in COMMANDS + MAINTENANCE:
         stage = sub.add_parser(name, help=help_text, description=help_text)
         source = stage.add_mutually_exclusive_group()
         source.add_argument("--params", help="the stage's config subtree as JSON (what Snakemake passes)")

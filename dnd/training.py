@@ -1,4 +1,8 @@
-"""What every training loop of the project shares: deterministic data order, checkpoints, resume.
+"""The one training loop of the project (`run_training`) and what it rests on: deterministic data
+order, checkpoints with every rank's RNG state, resume, best-by-validation selection, provenance.
+
+A trainer (tokenizer, transformer, DDPM, classifier) supplies only its model's step, validation and
+export (`Trainer`); the loop owns the rest, so the four cannot drift apart.
 
 Resume is the same code path as start: `Checkpointer.load()` returns the last state or None. A run
 killed at any point and restarted reaches the same step count with the same batches, because the
@@ -10,17 +14,20 @@ under data parallelism every rank stops after the same step (`all_ranks_agree`).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 
-from dnd.atomic import atomic_path
+from dnd.atomic import atomic_path, write_json
+from dnd.provenance import write_provenance
 
 log = logging.getLogger("dnd.training")
 
@@ -95,21 +102,52 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's RNG streams: Python, NumPy, torch's CPU generator and its own GPU's (when it has one)."""
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):  # checkpoints written before per-rank states: every GPU of rank 0
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def gather_rng_states(world: int, device: torch.device) -> list[dict[str, Any]] | None:
+    """Every rank's RNG state, in rank order, on rank 0 (None elsewhere): a collective under several ranks."""
+    own = rng_state(device)
+    if world == 1:
+        return [own]
+    states = [None] * world if torch.distributed.get_rank() == 0 else None
+    torch.distributed.gather_object(own, states, dst=0)
+    return states
+
+
+def restore_rng_states(saved: Any, rank: int, world: int, device: torch.device, seed: int, step: int) -> None:
+    """Rank `rank` takes back its own streams from a checkpoint's list of per-rank states.
+
+    A checkpoint from another number of ranks has no state for some ranks: each rank then reseeds
+    from (seed, rank, step), so ranks still differ, and says so (the run is no longer bit-identical
+    to an uninterrupted one). Older checkpoints hold one state (rank 0's), which every rank takes.
+    """
+    if isinstance(saved, dict):
+        set_rng_state(saved, device)
+    elif isinstance(saved, list) and len(saved) == world:
+        set_rng_state(saved[rank], device)
+    else:
+        log.warning("the checkpoint holds RNG states of %s rank(s), this run has %d: rank %d reseeds from (seed, rank, step)",
+                    len(saved) if isinstance(saved, list) else "no", world, rank)
+        seed_everything(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
 
 
 class Checkpointer:
@@ -164,3 +202,159 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# The training loop every trainer runs
+
+
+class CheckpointMismatch(RuntimeError):
+    """The work area's checkpoint does not load into the model this code builds."""
+
+
+class Trainer(Protocol):
+    """What a model's trainer supplies to `run_training`; the loop owns everything else.
+
+    Every method is called on every rank (each may be a collective, as under FSDP).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """The full resumable state of the model(s) and optimizer(s) (rank 0's is saved)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from a checkpoint written by `state_dict` (raises when it does not fit)."""
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimizer step on the batch of `step`; the figures to log (the global batch's)."""
+
+    def validate(self, step: int) -> dict[str, float] | None:
+        """Validation figures after `step` steps (rank 0's decide; other ranks may return None).
+        `val/loss`, when present, selects the best checkpoint; without it the run keeps its last."""
+
+    def export(self, checkpoint: dict[str, Any], out: Path) -> dict[str, Any]:
+        """Rank 0: write the declared output from the chosen checkpoint; return summary figures."""
+
+
+@dataclass
+class LoopConfig:
+    steps: int
+    checkpoint_every: int
+    eval_every: int | None = None  # None: never validate, the last checkpoint is the result
+    seed: int = 0
+
+
+@dataclass
+class RunInfo:
+    """Who runs the loop and what it records: not part of what it computes."""
+
+    name: str  # the model's config name, in logs and summaries
+    stage: str  # e.g. "train_tokenizer", in the provenance record
+    config: Any  # the stage's config, in the provenance record
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    code_version: str | None = None  # recorded in every checkpoint; a resume across versions is logged
+    progress_keys: tuple[str, ...] = ("loss",)  # train figures shown on the progress bar
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _broadcast_from_rank0(values: dict[str, float] | None, world: int) -> dict[str, float] | None:
+    if world == 1:
+        return values
+    box = [values]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _load_checkpoint(trainer: Trainer, checkpoints: Checkpointer, loop: LoopConfig, run: RunInfo) -> tuple[int, float]:
+    """Resume from the work area's last checkpoint if there is one: (first step, best validation loss)."""
+    state = checkpoints.load("cpu")
+    if state is None:
+        return 0, math.inf
+    saved_version = state.get("code_version")
+    if saved_version != run.code_version:
+        log.warning("resuming %s from a checkpoint of code version %s with code version %s (its state dict is loaded as is; "
+                    "`--fresh` starts over)", run.name, saved_version, run.code_version)
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointMismatch(
+            f"{checkpoints.last} (code version {saved_version}) does not load into {run.name} as code version "
+            f"{run.code_version} builds it: {str(err).splitlines()[0]}; rerun with --fresh to start over") from err
+    restore_rng_states(state["rng"], run.rank, run.world, run.device, loop.seed, state["step"])
+    return state["step"], state.get("best_val_loss", math.inf)
+
+
+def run_training(trainer: Trainer, loop: LoopConfig, run: RunInfo, work_dir: Path, out: Path,
+                 should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any] | None:
+    """Train from the last checkpoint (or from scratch) to `loop.steps`, then export the best one.
+
+    Checkpoints go to `work_dir/checkpoints`: `last.pt` every `checkpoint_every` steps, at the end and
+    after the step during which a stop was requested (then the run returns None: a rerun resumes);
+    `best.pt` whenever validation improves `val/loss`. A checkpoint holds the trainer's state, the step,
+    the best loss, the code version and every rank's own RNG state, so a resumed run draws the same
+    dropout masks on each rank as an uninterrupted one. Rank 0 logs, writes and exports; it writes the
+    provenance record beside the output and `train_summary.json` in its folder.
+    """
+    checkpoints = Checkpointer(work_dir / "checkpoints")
+    start, best = _load_checkpoint(trainer, checkpoints, loop, run)
+    writer = None
+    if run.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(work_dir / "tensorboard"))
+    progress = Progress(loop.steps, start)
+
+    def save(step: int, path: Path) -> None:
+        state = trainer.state_dict()  # every rank: gathering a sharded model's state is a collective
+        rng = gather_rng_states(run.world, run.device)
+        if run.is_main:
+            checkpoints.save({**state, "step": step, "best_val_loss": best, "rng": rng, "code_version": run.code_version}, path)
+
+    def close() -> None:
+        progress.close()
+        if writer is not None:
+            writer.close()
+
+    for step in range(start, loop.steps):
+        metrics = trainer.train_step(step)
+        done = step + 1
+        if run.is_main:
+            progress.update(done, {k: metrics[k] for k in run.progress_keys if k in metrics})
+            for key, value in metrics.items():
+                writer.add_scalar(f"train/{key}", value, done)
+        if loop.eval_every and (done % loop.eval_every == 0 or done == loop.steps):
+            val = _broadcast_from_rank0(trainer.validate(done), run.world)
+            if run.is_main and val:
+                for key, value in val.items():
+                    writer.add_scalar(key, value, done)
+                log.info("step %d validation %s", done, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
+            if val and "val/loss" in val and val["val/loss"] < best:
+                best = val["val/loss"]
+                save(done, checkpoints.best)
+        stopping = all_ranks_agree(should_stop(), run.world, run.device)  # every rank stops after the same step
+        if done % loop.checkpoint_every == 0 or done == loop.steps or stopping:
+            save(done, checkpoints.last)
+        if stopping:
+            wait_for_all_ranks(run.world, run.device)  # no rank leaves (and is requeued) before rank 0's checkpoint exists
+            close()
+            log.warning("stopped at step %d on a signal; its checkpoint resumes the run", done)
+            return None
+    close()
+    if not run.is_main:
+        return {"name": run.name, "rank": run.rank}
+
+    chosen = checkpoints.best if checkpoints.best.exists() else checkpoints.last
+    final = torch.load(chosen, map_location="cpu", weights_only=False)
+    extra = trainer.export(final, out)
+    summary = {"name": run.name, "steps": loop.steps, "best_step": final["step"],
+               "best_val_loss": None if math.isinf(final.get("best_val_loss", math.inf)) else final["best_val_loss"],
+               "selected_by": "val/loss" if chosen == checkpoints.best else "last step", **extra}
+    write_json(out.parent / "train_summary.json", summary)
+    write_provenance(out, run.stage, run.config, seed=loop.seed, code_version=run.code_version,
+                     checkpoint_code_version=final.get("code_version"), summary=summary, world_size=run.world)
+    log.info("trained %s: %s", run.name, json.dumps(summary, default=str))
+    return summary

@@ -16,7 +16,6 @@ reverse step, so image i is the same whatever the batch size or the shard that d
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,9 +28,9 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 from torch.utils.data import DataLoader
 
-from dnd.atomic import atomic_path, write_json
+from dnd.atomic import atomic_path
 from dnd.data.images import ImageShardDataset, to_uint8
-from dnd.training import Checkpointer, Progress, StepBatchSampler, default_device, rng_state, seed_everything, set_rng_state
+from dnd.training import LoopConfig, RunInfo, StepBatchSampler, default_device, run_training, seed_everything
 
 log = logging.getLogger("dnd.baselines.ddpm")
 
@@ -198,72 +197,68 @@ def load_ddpm(path: Path, device: str | torch.device = "cpu") -> tuple[UNet2DMod
     return model.to(device).eval(), cfg
 
 
-def train_ddpm(cfg: DDPMConfig, datasets: list[Path], out: Path, work_dir: Path, should_stop: Callable[[], bool] = lambda: False
-) -> dict[str, Any] | None:
+class DDPMTrainer:
+    """The DDPM's step and export for `dnd.training.run_training` (no validation: the last step is the result)."""
+
+    def __init__(self, cfg: DDPMConfig, datasets: list[Path], work_dir: Path, device: torch.device):
+        self.cfg, self.device = cfg, device
+        seed_everything(cfg.seed)
+        self.train_set = ImageShardDataset(datasets, "train", cfg.channels, cfg.resolution, cache_dir=work_dir / "images")
+        self.scheduler = make_scheduler(cfg)
+        self.model = build_unet(cfg).to(device)
+        self.ema = build_unet(cfg).to(device).requires_grad_(False)
+        self.ema.load_state_dict(self.model.state_dict())
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.batches = None  # the loader's iterator, from the first step trained (after a resume: its step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "config": asdict(self.cfg)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        if self.batches is None:
+            sampler = StepBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, step, cfg.steps)
+            self.batches = iter(DataLoader(self.train_set, batch_sampler=sampler, num_workers=cfg.num_workers))
+            self.model.train()
+        images = next(self.batches)
+        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))  # a function of step: nothing to resume
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        # each step's timesteps and noise come from (seed, step): the same whether or not the run was resumed
+        generator = torch.Generator().manual_seed(derived_seed(cfg.seed, step))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = accumulate_gradients(self.model, self.scheduler, images.to(self.device, non_blocking=True), generator,
+                                    cfg.micro_batch_size)
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        update_ema(self.ema, self.model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        self.last_loss = loss
+        return {"loss": loss, "lr": lr}
+
+    def validate(self, step: int) -> None:
+        return None
+
+    def export(self, checkpoint: dict[str, Any], out: Path) -> dict[str, Any]:
+        self.ema.load_state_dict(checkpoint["ema"])
+        save_ddpm(out, self.ema, self.cfg, step=checkpoint["step"])
+        return {"last_loss": getattr(self, "last_loss", None), "parameters": sum(p.numel() for p in self.model.parameters())}
+
+
+def train_ddpm(cfg: DDPMConfig, datasets: list[Path], out: Path, work_dir: Path, should_stop: Callable[[], bool] = lambda: False,
+               code_version: str | None = None, name: str = "ddpm") -> dict[str, Any] | None:
     """Train on the train split of `datasets`; write `out` (model.pt) and `train_summary.json` beside it."""
     device = default_device()
-    seed_everything(cfg.seed)
-    train_set = ImageShardDataset(datasets, "train", cfg.channels, cfg.resolution, cache_dir=work_dir / "images")
-    scheduler = make_scheduler(cfg)
-    model = build_unet(cfg).to(device)
-    ema = build_unet(cfg).to(device).requires_grad_(False)
-    ema.load_state_dict(model.state_dict())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-
-    checkpoints = Checkpointer(work_dir / "checkpoints")
-    state = checkpoints.load("cpu")  # on CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        set_rng_state(state["rng"])
-
-    def snapshot(step: int) -> dict[str, Any]:
-        return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "rng": rng_state(), "config": asdict(cfg)}
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(work_dir / "tensorboard"))
-    loader = DataLoader(train_set, batch_sampler=StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, start, cfg.steps), num_workers=cfg.num_workers)
-    progress = Progress(cfg.steps, start)
-    model.train()
-    loss_value = float("nan")
-    for step, images in enumerate(loader, start=start):
-        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))  # a function of step: nothing to resume
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        generator = torch.Generator().manual_seed(derived_seed(cfg.seed, step))
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = accumulate_gradients(model, scheduler, images.to(device, non_blocking=True), generator, cfg.micro_batch_size)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        update_ema(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
-        done = step + 1
-        progress.update(done, {"loss": loss_value})
-        writer.add_scalar("train/loss", loss_value, done)
-        writer.add_scalar("train/lr", lr, done)
-        stopping = should_stop()
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
-            checkpoints.save(snapshot(done))
-        if stopping:
-            progress.close()
-            writer.close()
-            log.warning("stopped at step %d on a signal; its checkpoint resumes the run", done)
-            return None
-    progress.close()
-    writer.close()
-
-    final = torch.load(checkpoints.last, map_location="cpu", weights_only=False)
-    ema.load_state_dict(final["ema"])
-    save_ddpm(out, ema, cfg, step=final["step"])
-    summary = {"steps": final["step"], "last_loss": loss_value, "parameters": sum(p.numel() for p in model.parameters())}
-    write_json(Path(out).parent / "train_summary.json", summary)
-    log.info("trained DDPM: %s", json.dumps(summary))
-    return summary
+    trainer = DDPMTrainer(cfg, datasets, work_dir, device)
+    loop = LoopConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed)
+    run = RunInfo(name, "train_ddpm", asdict(cfg), device=device, code_version=code_version)
+    return run_training(trainer, loop, run, work_dir, out, should_stop)
 
 
 @torch.no_grad()

@@ -99,3 +99,17 @@ class ImageShardDataset(torch.utils.data.Dataset):
             top, left = rng.integers(0, tensor.shape[-2] - self.crop + 1), rng.integers(0, tensor.shape[-1] - self.crop + 1)
             tensor = tensor[:, top : top + self.crop, left : left + self.crop]
         return tensor
+
+
+def save_grid(images: np.ndarray, labels: np.ndarray, path: Path, max_images: int = 100) -> None:
+    """Up to 10 images per class in rows (unconditional: the first 100 in a 10-wide grid)."""
+    from torchvision.utils import make_grid  # torchvision takes a while to import: only here
+
+    if labels.size and labels[0] >= 0:
+        picks = [i for c in np.unique(labels) for i in np.flatnonzero(labels == c)[:10]]
+    else:
+        picks = list(range(min(max_images, len(images))))
+    tensor = torch.from_numpy(images[picks]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    grid = make_grid(tensor, nrow=10, padding=2, pad_value=1.0)
+    with atomic_path(path) as tmp:
+        to_pil(to_uint8(grid[None])[0]).save(tmp, format="PNG")

@@ -152,14 +152,14 @@ class CheckpointableTask(Checkpointable):
 class TrainingTask(CheckpointableTask):
     """A resumable training function under the launcher: `fn(*args, should_stop=...)`.
 
-    The trainers of this project (tokenizer, transformer, DDPM) keep their own checkpoints in their
+    The trainers of this project (`dnd.training.run_training`) keep their own checkpoints in their
     work area and return None, after saving, once `should_stop()` turns true; this wrapper gives
     them the launcher's signal flag, so the same code runs in-process, under SLURM, and requeued.
     """
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], work_dir: Path):
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], work_dir: Path, **kwargs: Any):
         super().__init__(work_dir)
-        self.fn, self.args = fn, args
+        self.fn, self.args, self.kwargs = fn, args, kwargs
 
     def run(self) -> Any:
-        return self.fn(*self.args, should_stop=lambda: self.stop_requested)
+        return self.fn(*self.args, should_stop=lambda: self.stop_requested, **getattr(self, "kwargs", {}))

@@ -30,7 +30,7 @@ from dnd.config import ConfigError
 from dnd.launch import map_shards
 from dnd.metrics.adm import write_adm_batch
 from dnd.provenance import write_provenance
-from dnd.stages.sample import save_grid
+from dnd.data.images import save_grid
 
 log = logging.getLogger("dnd.pipeline")
 

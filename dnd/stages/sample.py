@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from dnd.atomic import atomic_dir, atomic_path, write_json
-from dnd.data.images import to_pil, to_uint8
+from dnd.data.images import save_grid, to_pil, to_uint8
 from dnd.launch import map_shards
 from dnd.metrics.adm import write_adm_batch
 from dnd.provenance import write_provenance
@@ -123,17 +123,3 @@ def sample_images(model_path: Path, tokenizer: Path, spec: SampleSpec, out_dir: 
         write_provenance(tmp, "sample_images", {"spec": asdict(spec), **names}, seed=spec.sampling.seed)
     log.info("sampled %d images from %s (%s) in %.1f s", len(images), names["model"], names["sampling"], seconds)
     return summary
-
-
-def save_grid(images: np.ndarray, labels: np.ndarray, path: Path, max_images: int = 100) -> None:
-    """Up to 10 images per class in rows (unconditional: the first 100 in a 10-wide grid)."""
-    from torchvision.utils import make_grid
-
-    if labels.size and labels[0] >= 0:
-        picks = [i for c in np.unique(labels) for i in np.flatnonzero(labels == c)[:10]]
-    else:
-        picks = list(range(min(max_images, len(images))))
-    tensor = torch.from_numpy(images[picks]).permute(0, 3, 1, 2).float() / 127.5 - 1
-    grid = make_grid(tensor, nrow=10, padding=2, pad_value=1.0)
-    with atomic_path(path) as tmp:
-        to_pil(to_uint8(grid[None])[0]).save(tmp, format="PNG")

@@ -18,9 +18,7 @@ share on its own, as in the authors' multi-GPU training). Rank 0 logs, validates
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,15 +26,12 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
-from dnd.atomic import atomic_path, write_json
+from dnd.atomic import atomic_path
 from dnd.data.images import ImageShardDataset, to_pil, to_uint8
 from dnd.launch.distributed import init_distributed
 from dnd.tokenizer.losses import TokenizerLoss, TokenizerLossConfig
 from dnd.tokenizer.rqvae import RQVAE, RQVAEConfig, rqvae_config
-from dnd.training import (
-    Checkpointer, Progress, StepBatchSampler, all_ranks_agree, default_device, rng_state, seed_everything, set_rng_state,
-    wait_for_all_ranks,
-)
+from dnd.training import LoopConfig, RunInfo, StepBatchSampler, default_device, run_training, seed_everything
 
 log = logging.getLogger("dnd.tokenizer.train")
 
@@ -125,139 +120,123 @@ def _mean_over_ranks(terms: dict[str, torch.Tensor], world: int) -> dict[str, fl
     return dict(zip(terms, (values / world).tolist()))
 
 
-def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_dir: Path, should_stop: Callable[[], bool] = lambda: False
-) -> dict[str, Any] | None:
+class TokenizerTrainer:
+    """The RQ-VAE's step, validation and export for `dnd.training.run_training`."""
+
+    def __init__(self, spec: TokenizerSpec, datasets: list[Path], work_dir: Path, rank: int, world: int, device: torch.device):
+        cfg = spec.train
+        self.spec, self.cfg, self.work_dir = spec, cfg, work_dir
+        self.rank, self.world, self.device, self.main = rank, world, device, rank == 0
+        # One seed for every rank: they draw the same random numbers (model init, codebook samples), which
+        # the quantizer needs to keep its codebook equal on every rank. Dropout, off by default, then masks alike.
+        seed_everything(cfg.seed)
+        channels = spec.model.in_channels
+        self.train_set = ImageShardDataset(datasets, "train", channels, cfg.resolution, cfg.crop, cache_dir=work_dir / "images")
+        if self.main:
+            val_set = ImageShardDataset(datasets, "val", channels, cfg.resolution, None, limit=cfg.eval_images)
+            self.val_images = torch.stack([val_set[i] for i in range(len(val_set))]).to(device)
+        self.model = RQVAE(spec.model).to(device)
+        self.loss_fn = TokenizerLoss(spec.loss, channels).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.disc_optimizer = (
+            torch.optim.Adam(self.loss_fn.discriminator.parameters(), lr=cfg.lr, betas=cfg.betas)
+            if self.loss_fn.discriminator is not None else None
+        )
+        # The forwards go through DDP, whose backward averages the gradients of the ranks' shares. The
+        # quantizer keeps its codebook buffers equal on every rank by itself: no buffer broadcast per step.
+        # The generator loss calls the bare discriminator (the gradient it needs flows to the reconstruction;
+        # the discriminator's own gradients there are discarded) and the discriminator's loss its DDP wrapper.
+        self.net, self.disc_net = self.model, self.loss_fn.discriminator
+        if world > 1:
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids, forward_sync_buffers=False)
+            if self.disc_net is not None:
+                self.disc_net = torch.nn.parallel.DistributedDataParallel(self.disc_net, device_ids=device_ids)
+            log.info("rank %d of %d on %s: %d of each batch of %d", rank, world, device, cfg.batch_size // world, cfg.batch_size)
+        self.batches = None  # the loader's iterator, from the first step trained (after a resume: its step)
+        self.quantize = False
+
+    def state_dict(self) -> dict[str, Any]:
+        gan = self.disc_optimizer is not None
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "discriminator": self.loss_fn.discriminator.state_dict() if gan else None,
+            "disc_optimizer": self.disc_optimizer.state_dict() if gan else None,
+            "config": dataclasses.asdict(self.spec.model),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.disc_optimizer is not None:
+            self.loss_fn.discriminator.load_state_dict(state["discriminator"])
+            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+
+    def _next_batch(self, step: int) -> torch.Tensor:
+        if self.batches is None:
+            cfg = self.cfg
+            # The loader gets a generator of its own: starting an iteration draws a seed from it, which must not
+            # shift the global RNG stream (a resumed run would then diverge from an uninterrupted one).
+            sampler = StepBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, step, cfg.steps, crop_seeds=True,
+                                       rank=self.rank, world=self.world)
+            loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                generator=torch.Generator().manual_seed(cfg.seed))
+            self.batches = iter(loader)
+            self.model.train()
+        return next(self.batches).to(self.device, non_blocking=True)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        images = self._next_batch(step)
+        model, device = self.model, self.device
+        self.quantize = step >= self.cfg.warmup_steps
+        if self.quantize and self.spec.model.codebook_init == "depth_by_depth" and not bool(model.quantizer.initialized):
+            model.init_codebook_depth_by_depth(images)  # every rank together: fitted to the gathered batch
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            recon, aux = self.net(images, quantize=self.quantize)
+        loss, terms = self.loss_fn.generator_loss(images, recon.float(), aux.commitment_loss, model.last_layer, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        if self.disc_optimizer is not None and self.loss_fn.gan_active(step):
+            disc_loss, disc_terms = self.loss_fn.discriminator_loss(images, recon, step, self.disc_net)
+            self.disc_optimizer.zero_grad(set_to_none=True)
+            disc_loss.backward()
+            self.disc_optimizer.step()
+            terms |= disc_terms
+        return _mean_over_ranks(terms, self.world)
+
+    def validate(self, step: int) -> dict[str, float] | None:
+        if not self.main:
+            return None
+        val = validate(self.model, self.loss_fn, self.val_images, step)
+        recon_grid(self.model, self.val_images[:8], self.work_dir / "recon" / f"step-{step:07d}.png")
+        if self.quantize:  # only a quantizing model can be the result
+            val["val/loss"] = val["val/total"]
+        return val
+
+    def export(self, checkpoint: dict[str, Any], out: Path) -> dict[str, Any]:
+        self.model.load_state_dict(checkpoint["model"])
+        save_tokenizer(out, self.model, self.spec.name, step=checkpoint["step"], val_loss=checkpoint["best_val_loss"])
+        latest = sorted((self.work_dir / "recon").glob("step-*.png"))
+        if latest:
+            with atomic_path(out.parent / "recon.png") as tmp:
+                tmp.write_bytes(latest[-1].read_bytes())
+        return {"tokenizer": self.spec.name, "parameters": sum(p.numel() for p in self.model.parameters())}
+
+
+def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_dir: Path,
+                    should_stop: Callable[[], bool] = lambda: False, code_version: str | None = None) -> dict[str, Any] | None:
     cfg = spec.train
     dist_info = init_distributed()  # rank 0 of 1 outside a multi-task job
-    world, rank, main = dist_info.world_size, dist_info.rank, dist_info.is_main
+    world, rank = dist_info.world_size, dist_info.rank
     if cfg.batch_size % world:
         raise ValueError(f"tokenizers.{spec.name}.train.batch_size={cfg.batch_size} must split evenly over {world} ranks")
     device = default_device(dist_info.local_rank)
-    # One seed for every rank: they draw the same random numbers (model init, codebook samples), so the
-    # checkpoint's RNG state (rank 0's) resumes every rank. Dropout, off by default, then masks alike.
-    seed_everything(cfg.seed)
-    channels = spec.model.in_channels
-    train_set = ImageShardDataset(datasets, "train", channels, cfg.resolution, cfg.crop, cache_dir=work_dir / "images")
-    if main:
-        val_set = ImageShardDataset(datasets, "val", channels, cfg.resolution, None, limit=cfg.eval_images)
-        val_images = torch.stack([val_set[i] for i in range(len(val_set))]).to(device)
-
-    model = RQVAE(spec.model).to(device)
-    loss_fn = TokenizerLoss(spec.loss, channels).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
-    disc_optimizer = (
-        torch.optim.Adam(loss_fn.discriminator.parameters(), lr=cfg.lr, betas=cfg.betas)
-        if loss_fn.discriminator is not None else None
-    )
-    checkpoints = Checkpointer(work_dir / "checkpoints")
-    state = checkpoints.load("cpu")  # RNG states must stay CPU tensors; load_state_dict moves the weights
-    start, best = 0, math.inf
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if disc_optimizer is not None:
-            loss_fn.discriminator.load_state_dict(state["discriminator"])
-            disc_optimizer.load_state_dict(state["disc_optimizer"])
-        start, best = state["step"], state["best_val_loss"]
-        set_rng_state(state["rng"])
-        if device.type == "cuda" and state["rng"].get("cuda"):
-            # Rank 0 saved its own GPU's stream (GPU 0), which every rank's GPU follows (same seed, same draws).
-            torch.cuda.set_rng_state(state["rng"]["cuda"][0], device)
-
-    # The forwards go through DDP, whose backward averages the gradients of the ranks' shares. The
-    # quantizer keeps its codebook buffers equal on every rank by itself: no buffer broadcast per step.
-    # The generator loss calls the bare discriminator (the gradient it needs flows to the reconstruction;
-    # the discriminator's own gradients there are discarded) and the discriminator's loss its DDP wrapper.
-    net, disc_net = model, loss_fn.discriminator
-    if world > 1:
-        device_ids = [device.index] if device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
-        if disc_net is not None:
-            disc_net = torch.nn.parallel.DistributedDataParallel(disc_net, device_ids=device_ids)
-
-    def snapshot(step: int) -> dict[str, Any]:
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "discriminator": loss_fn.discriminator.state_dict() if disc_optimizer is not None else None,
-            "disc_optimizer": disc_optimizer.state_dict() if disc_optimizer is not None else None,
-            "step": step,
-            "best_val_loss": best,
-            "rng": rng_state(),
-            "config": dataclasses.asdict(spec.model),
-        }
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(work_dir / "tensorboard")) if main else None
-    if world > 1:
-        log.info("rank %d of %d on %s: %d of each batch of %d", rank, world, device, cfg.batch_size // world, cfg.batch_size)
-    # The loader gets a generator of its own: starting an iteration draws a seed from it, which must not
-    # shift the global RNG stream (a resumed run would then diverge from an uninterrupted one).
-    sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, start, cfg.steps, crop_seeds=True, rank=rank, world=world)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
-    progress = Progress(cfg.steps, start)
-    model.train()
-    step = start
-    for step, images in enumerate(loader, start=start):
-        images = images.to(device, non_blocking=True)
-        quantize = step >= cfg.warmup_steps
-        if quantize and spec.model.codebook_init == "depth_by_depth" and not bool(model.quantizer.initialized):
-            model.init_codebook_depth_by_depth(images)  # every rank together: fitted to the gathered batch
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            recon, aux = net(images, quantize=quantize)
-        loss, terms = loss_fn.generator_loss(images, recon.float(), aux.commitment_loss, model.last_layer, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        if disc_optimizer is not None and loss_fn.gan_active(step):
-            disc_loss, disc_terms = loss_fn.discriminator_loss(images, recon, step, disc_net)
-            disc_optimizer.zero_grad(set_to_none=True)
-            disc_loss.backward()
-            disc_optimizer.step()
-            terms |= disc_terms
-        done = step + 1
-        metrics = _mean_over_ranks(terms, world)
-        if main:
-            progress.update(done, {k: metrics[k] for k in ("total", "l2") if k in metrics})
-            for key, value in metrics.items():
-                writer.add_scalar(f"train/{key}", value, done)
-        if main and (done % cfg.eval_every == 0 or done == cfg.steps):
-            val = validate(model, loss_fn, val_images, done)
-            for key, value in val.items():
-                writer.add_scalar(key, value, done)
-            log.info("step %d validation %s", done, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
-            recon_grid(model, val_images[:8], work_dir / "recon" / f"step-{done:07d}.png")
-            if quantize and val["val/total"] < best:
-                best = val["val/total"]
-                checkpoints.save(snapshot(done), checkpoints.best)
-        stopping = all_ranks_agree(should_stop(), world, device)  # every rank stops after the same step
-        if main and (done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping):
-            checkpoints.save(snapshot(done))
-        if stopping:
-            wait_for_all_ranks(world, device)  # no rank leaves before rank 0's checkpoint is written
-            progress.close()
-            if writer is not None:
-                writer.close()
-            log.warning("stopped at step %d on a signal; its checkpoint resumes the run", done)
-            return None
-    progress.close()
-    if writer is not None:
-        writer.close()
-    if not main:
-        return {"tokenizer": spec.name, "rank": rank}
-
-    final = torch.load(checkpoints.best if checkpoints.best.exists() else checkpoints.last, map_location="cpu", weights_only=False)
-    model.load_state_dict(final["model"])
-    save_tokenizer(out, model, spec.name, step=final["step"], val_loss=final["best_val_loss"])
-    latest = sorted((work_dir / "recon").glob("step-*.png"))
-    if latest:
-        with atomic_path(out.parent / "recon.png") as tmp:
-            tmp.write_bytes(latest[-1].read_bytes())
-    summary = {"tokenizer": spec.name, "steps": cfg.steps, "best_step": final["step"], "best_val_loss": final["best_val_loss"],
-               "parameters": sum(p.numel() for p in model.parameters())}
-    write_json(out.parent / "train_summary.json", summary)
-    log.info("trained %s: %s", spec.name, json.dumps(summary))
-    return summary
+    trainer = TokenizerTrainer(spec, datasets, work_dir, rank, world, device)
+    loop = LoopConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every, seed=cfg.seed)
+    run = RunInfo(spec.name, "train_tokenizer", dataclasses.asdict(spec), rank, world, device, code_version,
+                  progress_keys=("total", "l2"))
+    return run_training(trainer, loop, run, work_dir, out, should_stop)

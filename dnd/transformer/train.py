@@ -10,9 +10,7 @@ checkpoints are the same full state dicts either way.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,15 +18,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from dnd.atomic import atomic_path, write_json
+from dnd.atomic import atomic_path
 from dnd.data.codes import CodeMapDataset, code_shards, draw_crops
 from dnd.launch.distributed import init_distributed
 from dnd.transformer import parallel
 from dnd.transformer.model import Transformer, TransformerConfig, code_cross_entropy
-from dnd.training import (
-    Checkpointer, Progress, all_ranks_agree, batch_indices, default_device, rng_state, seed_everything, set_rng_state,
-    wait_for_all_ranks,
-)
+from dnd.training import LoopConfig, RunInfo, batch_indices, default_device, run_training, seed_everything
 
 log = logging.getLogger("dnd.transformer.train")
 
@@ -135,128 +130,106 @@ def validate(model: Transformer, dataset: CodeMapDataset, cfg: TransformerTrainC
     return out
 
 
-def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_dir: Path, tokenizer: Path | None = None, should_stop: Callable[[], bool] = lambda: False
-) -> dict[str, Any] | None:
+class TransformerTrainer:
+    """The transformer's step, validation and export for `dnd.training.run_training`."""
+
+    def __init__(self, spec: TransformerSpec, codes_dir: Path, work_dir: Path, tokenizer: Path | None,
+                 rank: int, world: int, device: torch.device):
+        cfg = spec.train
+        self.spec, self.cfg, self.work_dir, self.tokenizer = spec, cfg, work_dir, tokenizer
+        self.rank, self.world, self.device, self.main = rank, world, device, rank == 0
+        seed_everything(cfg.seed + rank)  # the ranks' dropout and label dropout differ; the data order is global
+        self.train_set = CodeMapDataset(code_shards(codes_dir, "train"))
+        val_shards = [p for p in code_shards(codes_dir, "val") if p.stat().st_size > 0]
+        self.val_set = CodeMapDataset(val_shards) if val_shards else None
+        self.num_classes = _num_classes(self.train_set)
+        self.model = Transformer(spec.model_config(self.train_set, self.num_classes)).to(device)
+        # DDP and FSDP average the gradients of the ranks' shares of each global batch (the forward must
+        # go through `net`); FSDP shards `model` in place, its parameters become DTensors.
+        self.mode = parallel.resolve_parallelism(cfg.parallelism, spec.size, world)
+        self.net = parallel.parallelize(self.model, self.mode, device)
+        self.ema = parallel.ema_copy(self.model, self.mode, device) if cfg.ema_decay else None
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                           fused=device.type == "cuda")
+        info = self.train_set.info
+        log.info("%s: %s, %.2fM parameters, %d classes, %d training code maps of %dx%dx%d, %d rank(s)%s",
+                 spec.name, self.model.config.variant, self.model.num_params() / 1e6, self.num_classes, len(self.train_set),
+                 info.height, info.width, info.depth, world, f" ({self.mode.upper()})" if world > 1 else "")
+        self.model.train()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Full state dicts; under FSDP every rank gathers, rank 0 gets the tensors."""
+        mode = self.mode
+        return {"model": parallel.full_model_state(self.model, mode),
+                "optimizer": parallel.full_optimizer_state(self.model, self.optimizer, mode),
+                "ema": parallel.full_model_state(self.ema, mode) if self.ema is not None else None,
+                "config": asdict(self.model.config)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        parallel.load_full_model_state(self.model, state["model"], self.mode)
+        parallel.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"], self.mode)
+        if self.ema is not None:
+            parallel.load_full_model_state(self.ema, state["ema"], self.mode)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, device, rank, world = self.cfg, self.device, self.rank, self.world
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        indices = batch_indices(len(self.train_set), cfg.batch_size, cfg.seed, step)
+        crops = draw_crops(len(indices), self.train_set.crops, cfg.seed, step)  # of the global batch: same on every rank
+        codes, labels = _batch(self.train_set, indices[rank::world], device, crops[rank::world])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, per_depth = code_cross_entropy(self.net(codes, labels), codes)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for target, source in zip(self.ema.parameters(), self.model.parameters()):
+                    target.lerp_(source, 1.0 - cfg.ema_decay)
+        metrics = {"loss": loss.detach().item(), "grad_norm": parallel.scalar(grad_norm), "lr": lr}
+        return metrics | {f"loss_depth{d + 1}": v.item() for d, v in enumerate(per_depth.detach())}
+
+    def validate(self, step: int) -> dict[str, float] | None:
+        if self.val_set is None:
+            return None
+        # Rank 0 validates (under FSDP every rank, on the same batches: a sharded forward needs them all)
+        if not (self.main or self.mode == "fsdp"):
+            return None
+        evaluated = self.ema or self.model
+        val = parallel.from_rank0(validate(evaluated, self.val_set, self.cfg, self.device), self.mode, self.device)
+        parallel.reshard(evaluated, self.mode)
+        if self.tokenizer is not None:
+            sampler = parallel.full_copy(evaluated, self.mode, self.device)  # None off rank 0
+            if self.main:
+                sample_grid(sampler, self.tokenizer, self.work_dir / "samples" / f"step-{step:07d}.png", self.cfg.seed)
+            del sampler
+        return val
+
+    def export(self, checkpoint: dict[str, Any], out: Path) -> dict[str, Any]:
+        model = Transformer(self.model.config)  # unsharded, on the CPU
+        model.load_state_dict(checkpoint["ema"] if checkpoint.get("ema") is not None else checkpoint["model"])
+        save_transformer(out, model, self.spec.name, step=checkpoint["step"], val_loss=checkpoint["best_val_loss"],
+                         tokenizer=str(self.tokenizer))
+        return {"model": self.spec.name, "variant": model.config.variant, "params": model.num_params(),
+                "head_layers": model.config.head_layers}
+
+
+def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_dir: Path, tokenizer: Path | None = None,
+                      should_stop: Callable[[], bool] = lambda: False, code_version: str | None = None) -> dict[str, Any] | None:
     cfg = spec.train
     dist_info = init_distributed()  # rank 0 of 1 outside a multi-task job
     world, rank = dist_info.world_size, dist_info.rank
     if cfg.batch_size % world:
         raise ValueError(f"transformers.{spec.name}.train.batch_size={cfg.batch_size} must split evenly over {world} ranks")
     device = default_device(dist_info.local_rank)
-    seed_everything(cfg.seed + rank)  # the ranks' dropout and label dropout differ; the data order is global
-    train_set = CodeMapDataset(code_shards(codes_dir, "train"))
-    val_shards = [p for p in code_shards(codes_dir, "val") if p.stat().st_size > 0]
-    val_set = CodeMapDataset(val_shards) if val_shards else None
-    num_classes = _num_classes(train_set)
-    model = Transformer(spec.model_config(train_set, num_classes)).to(device)
-    # DDP and FSDP average the gradients of the ranks' shares of each global batch (the forward must
-    # go through `net`); FSDP shards `model` in place, its parameters become DTensors.
-    mode = parallel.resolve_parallelism(cfg.parallelism, spec.size, world)
-    sharded = mode == "fsdp"
-    net = parallel.parallelize(model, mode, device)
-    ema = parallel.ema_copy(model, mode, device) if cfg.ema_decay else None
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                                  fused=device.type == "cuda")
-    checkpoints = Checkpointer(work_dir / "checkpoints")
-    state = checkpoints.load("cpu")
-    start, best = 0, math.inf
-    if state is not None:
-        parallel.load_full_model_state(model, state["model"], mode)
-        parallel.load_full_optimizer_state(model, optimizer, state["optimizer"], mode)
-        if ema is not None:
-            parallel.load_full_model_state(ema, state["ema"], mode)
-        start, best = state["step"], state["best_val_loss"]
-        set_rng_state(state["rng"])
-
-    def snapshot(step: int) -> dict[str, Any]:
-        """The checkpoint (full state dicts); under FSDP every rank calls it, rank 0 gets the tensors."""
-        return {"model": parallel.full_model_state(model, mode),
-                "optimizer": parallel.full_optimizer_state(model, optimizer, mode),
-                "ema": parallel.full_model_state(ema, mode) if ema is not None else None, "step": step,
-                "best_val_loss": best, "rng": rng_state(), "config": asdict(model.config)}
-
-    main = dist_info.is_main  # rank 0 logs, validates and writes; every rank loads the same checkpoint
-    takes_part = main or sharded  # a sharded model needs every rank in its forward and its gathering
-
-    def save(step: int, path: Path) -> None:
-        state = snapshot(step)
-        if main:
-            checkpoints.save(state, path)
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(work_dir / "tensorboard")) if main else None
-    progress = Progress(cfg.steps, start)
-    log.info("%s: %s, %.2fM parameters, %d classes, %d training code maps of %dx%dx%d, %d rank(s)%s",
-             spec.name, model.config.variant, model.num_params() / 1e6, num_classes, len(train_set),
-             train_set.info.height, train_set.info.width, train_set.info.depth, world,
-             f" ({mode.upper()})" if world > 1 else "")
-    model.train()
-    for step in range(start, cfg.steps):
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        indices = batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)
-        crops = draw_crops(len(indices), train_set.crops, cfg.seed, step)  # of the global batch: same on every rank
-        codes, labels = _batch(train_set, indices[rank::world], device, crops[rank::world])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss, per_depth = code_cross_entropy(net(codes, labels), codes)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        if ema is not None:
-            with torch.no_grad():
-                for target, source in zip(ema.parameters(), model.parameters()):
-                    target.lerp_(source, 1.0 - cfg.ema_decay)
-        done = step + 1
-        metrics = {"loss": loss.detach().item(), "grad_norm": parallel.scalar(grad_norm), "lr": lr}
-        metrics |= {f"loss_depth{d + 1}": v.item() for d, v in enumerate(per_depth.detach())}
-        if main:
-            progress.update(done, {"loss": metrics["loss"]})
-            for key, value in metrics.items():
-                writer.add_scalar(f"train/{key}", value, done)
-        if takes_part and val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-            # under FSDP every rank validates the same batches; rank 0's figures decide for all
-            val = parallel.from_rank0(validate(ema or model, val_set, cfg, device), mode, device)
-            parallel.reshard(ema or model, mode)
-            if main:
-                for key, value in val.items():
-                    writer.add_scalar(key, value, done)
-                log.info("step %d validation %s", done, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
-            if val["val/loss"] < best:
-                best = val["val/loss"]
-                save(done, checkpoints.best)
-            if tokenizer is not None:
-                sampler = parallel.full_copy(ema or model, mode, device)  # None off rank 0
-                if main:
-                    sample_grid(sampler, tokenizer, work_dir / "samples" / f"step-{done:07d}.png", cfg.seed)
-                del sampler
-        stopping = all_ranks_agree(should_stop(), world, device)  # every rank stops after the same step
-        if takes_part and (done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping):
-            save(done, checkpoints.last)
-        if stopping:
-            wait_for_all_ranks(world, device)  # no rank exits (and gets requeued) before rank 0 wrote the checkpoint
-            progress.close()
-            if writer is not None:
-                writer.close()
-            log.warning("stopped at step %d on a signal; its checkpoint resumes the run", done)
-            return None
-    progress.close()
-    if writer is not None:
-        writer.close()
-    if not main:
-        return {"model": spec.name, "rank": rank}
-
-    final = torch.load(checkpoints.best if checkpoints.best.exists() else checkpoints.last, map_location="cpu", weights_only=False)
-    model = Transformer(model.config)  # unsharded, on the CPU
-    model.load_state_dict(final["ema"] if final.get("ema") is not None else final["model"])
-    save_transformer(out, model, spec.name, step=final["step"], val_loss=final["best_val_loss"], tokenizer=str(tokenizer))
-    summary = {"model": spec.name, "variant": model.config.variant, "params": model.num_params(), "steps": cfg.steps,
-               "best_step": final["step"], "best_val_loss": final["best_val_loss"], "head_layers": model.config.head_layers}
-    write_json(out.parent / "train_summary.json", summary)
-    log.info("trained %s: %s", spec.name, json.dumps(summary))
-    return summary
+    trainer = TransformerTrainer(spec, codes_dir, work_dir, tokenizer, rank, world, device)
+    loop = LoopConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
+                      eval_every=cfg.eval_every if trainer.val_set is not None else None, seed=cfg.seed)
+    run = RunInfo(spec.name, "train_transformer", asdict(spec), rank, world, device, code_version)
+    return run_training(trainer, loop, run, work_dir, out, should_stop)
 
 
 @torch.no_grad()

@@ -1,6 +1,5 @@
 # Shared helpers: config validation, the launch settings hand-off, rerun triggers.
 
-import hashlib
 import json
 import os
 import shlex
@@ -11,6 +10,7 @@ from snakemake.utils import validate
 
 # The dnd package lives beside this workflow; make it importable without installing it.
 sys.path.insert(0, str(Path(workflow.basedir)))
+from dnd.codeversion import command_code_version as _command_code_version  # noqa: E402
 from dnd.config import check_config  # noqa: E402
 from dnd.launch.settings import restore_launch_types  # noqa: E402
 
@@ -42,15 +42,10 @@ def stage_params(dotted):
     return stage_params_of(lookup(dpath=dotted.replace(".", "/"), within=config, default={}))
 
 
-def code_version(*modules):
-    """A hash of the dnd modules a stage runs: editing the code reruns the stage (params trigger).
-
-    Snakemake cannot see inside an imported package; naming the files here makes that explicit.
-    """
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(workflow.basedir, module).read_bytes())
-    return digest.hexdigest()[:12]
+def command_code_version(command):
+    """The rerun trigger of a rule running `dnd <command>`: a hash of the import closure of the dnd modules
+    the command runs (dnd.codeversion), less those that only say how it runs (launcher, logging, CLI)."""
+    return _command_code_version(command)
 
 
 # Data sets by name (tokenizers' `train_on`, code maps) and the test sets of the tables.
@@ -189,10 +184,18 @@ def richtext_dataset(wildcards=None):
     return DATASETS[config["richtext"]["dataset"]]
 
 
+# What scoring one row of the rich-text table depends on: not the list of rows, the notes or the
+# pipelines (adding a row or a pipeline, or editing a note, reruns no other row's OCR and LM).
+RICHTEXT_EVAL_KEYS = ("dataset", "max_images", "language_model", "ocr")
+
+
 def richtext_eval_params():
-    # pipelines are left out: adding one samples and scores it, and reruns no other row's evaluation
-    settings = {key: value for key, value in config.get("richtext", {}).items() if key != "pipelines"}
-    return stage_params_of(settings)
+    richtext = config.get("richtext", {})
+    return stage_params_of({key: richtext[key] for key in RICHTEXT_EVAL_KEYS if key in richtext})
+
+
+def richtext_table_params():
+    return stage_params_of({"notes": config.get("richtext", {}).get("notes", {})})
 
 
 def richtext_pipelines():
@@ -223,7 +226,13 @@ def richtext_samples(wildcards=None):
 
 
 def ddpm_params(wildcards):
-    return stage_params(f"ddpm.{wildcards.ddpm}")
+    """Training settings of a DDPM: its subtree less `sampling` (a new sample count retrains nothing)."""
+    spec = config["ddpm"][wildcards.ddpm]
+    return stage_params_of({key: value for key, value in spec.items() if key != "sampling"})
+
+
+def ddpm_sampling_params(wildcards):
+    return stage_params(f"ddpm.{wildcards.ddpm}.sampling")
 
 
 def ddpm_datasets(wildcards):

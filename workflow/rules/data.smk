@@ -8,7 +8,7 @@ rule extract_wiki_text:
         chunks="results/data/wiki_text/chunks.parquet",
     params:
         cfg=stage_params("data.wiki_text"),
-        code=code_version("dnd/data/wiki.py", "dnd/stages/text_image.py"),
+        code=command_code_version("extract-wiki-text"),
     log:
         "logs/extract_wiki_text.log",
     benchmark:
@@ -26,7 +26,7 @@ rule render_text_images:
         images=directory("results/data/text_image"),
     params:
         cfg=stage_params("data.text_image"),
-        code=code_version("dnd/data/render.py", "dnd/data/splits.py", "dnd/data/shards.py", "dnd/stages/text_image.py"),
+        code=command_code_version("render-text-images"),
     log:
         "logs/render_text_images.log",
     benchmark:
@@ -45,7 +45,7 @@ rule make_text256:
         images=directory("results/data/text256"),
     params:
         cfg=stage_params("data.text256"),
-        code=code_version("dnd/data/shards.py", "dnd/stages/text_image.py"),
+        code=command_code_version("resize-images"),
     log:
         "logs/make_text256.log",
     conda:
@@ -62,7 +62,7 @@ rule write_demo_pdfs:
         pdfs=directory("results/demo/arxiv_pdfs"),
     params:
         cfg=stage_params("demo.pdfs"),
-        code=code_version("dnd/data/demo_pdfs.py"),
+        code=command_code_version("write-demo-pdfs"),
     log:
         "logs/write_demo_pdfs.log",
     conda:
@@ -78,7 +78,7 @@ rule rasterize_pdfs:
         images=directory("results/data/arxiv_image"),
     params:
         cfg=stage_params("data.arxiv_image"),
-        code=code_version("dnd/data/pdf.py", "dnd/data/splits.py", "dnd/data/shards.py", "dnd/stages/arxiv_image.py"),
+        code=command_code_version("rasterize-pdfs"),
     log:
         "logs/rasterize_pdfs.log",
     benchmark:
@@ -98,7 +98,7 @@ rule write_demo_digits:
         root=directory("results/demo/digits"),
     params:
         cfg=stage_params("demo.digits"),
-        code=code_version("dnd/data/labelled.py"),
+        code=command_code_version("write-demo-digits"),
     log:
         "logs/write_demo_digits.log",
     conda:
@@ -114,7 +114,7 @@ rule prepare_images:
         images=directory("results/data/classes"),
     params:
         cfg=stage_params("data.classes"),
-        code=code_version("dnd/data/labelled.py", "dnd/data/splits.py", "dnd/data/shards.py", "dnd/stages/classes.py"),
+        code=command_code_version("prepare-images"),
     log:
         "logs/prepare_images.log",
     benchmark:

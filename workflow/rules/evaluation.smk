@@ -8,7 +8,7 @@ rule compute_reference:
         reference="results/metrics/reference/classes.npz",
     params:
         cfg=generation_eval_params(),
-        code=code_version("dnd/stages/gen_eval.py", "dnd/metrics/fid.py", "dnd/metrics/inception.py", "dnd/metrics/adm.py"),
+        code=command_code_version("compute-reference"),
     log:
         "logs/compute_reference/classes.log",
     threads: 1
@@ -26,7 +26,7 @@ rule train_classifier:
         classifier="results/metrics/classifier/classes.pt",
     params:
         cfg=stage_params("evaluation.classifier"),
-        code=code_version("dnd/metrics/classifier.py"),
+        code=command_code_version("train-classifier"),
     log:
         "logs/train_classifier/classes.log",
     threads: 1
@@ -46,7 +46,7 @@ rule evaluate_generation:
         metrics="results/metrics/gen/{model}/{sampling}.json",
     params:
         cfg=generation_eval_params(),
-        code=code_version("dnd/stages/gen_eval.py", "dnd/metrics/fid.py", "dnd/metrics/classifier.py"),
+        code=command_code_version("evaluate-generation"),
     log:
         "logs/evaluate_generation/{model}/{sampling}.log",
     threads: 1
@@ -66,12 +66,13 @@ rule make_table2:
         plot=report("results/table2.png", caption="../report/table2.rst", category="Tables 2 and 3"),
     params:
         cfg=stage_params("tables.table2"),
+        code=command_code_version("make-generation-table"),
     log:
         "logs/make_table2.log",
     conda:
         "../../envs/dnd.yaml"
     shell:
-        "dnd make-generation-table --table table2 --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
+        "dnd make-generation-table --code-version {params.code} --table table2 --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
 
 
 rule make_table3:
@@ -82,9 +83,10 @@ rule make_table3:
         plot=report("results/table3.png", caption="../report/table3.rst", category="Tables 2 and 3"),
     params:
         cfg=stage_params("tables.table3"),
+        code=command_code_version("make-generation-table"),
     log:
         "logs/make_table3.log",
     conda:
         "../../envs/dnd.yaml"
     shell:
-        "dnd make-generation-table --table table3 --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
+        "dnd make-generation-table --code-version {params.code} --table table3 --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"

@@ -13,7 +13,7 @@ rule fit_language_model:
         lm="results/richtext/language_model.pkl",
     params:
         cfg=stage_params("richtext.language_model"),
-        code=code_version("dnd/metrics/ppl.py"),
+        code=command_code_version("fit-language-model"),
     log:
         "logs/fit_language_model.log",
     threads: 1
@@ -31,7 +31,7 @@ rule train_ddpm:
         model="results/ddpm/{ddpm}/model.pt",
     params:
         cfg=ddpm_params,
-        code=code_version("dnd/baselines/ddpm.py", "dnd/training.py", "dnd/data/images.py"),
+        code=command_code_version("train-ddpm"),
     log:
         "logs/train_ddpm/{ddpm}.log",
     benchmark:
@@ -52,8 +52,8 @@ rule sample_ddpm:
     output:
         samples=directory("results/samples/{ddpm}/ddpm"),
     params:
-        cfg=ddpm_params,
-        code=code_version("dnd/baselines/ddpm.py", "dnd/stages/richtext.py"),
+        cfg=ddpm_sampling_params,
+        code=command_code_version("sample-ddpm"),
     log:
         "logs/sample_ddpm/{ddpm}.log",
     threads: 1
@@ -71,7 +71,7 @@ rule sample_pipeline:
         samples=directory("results/samples/{pipeline}/pipeline"),
     params:
         cfg=pipeline_params,
-        code=code_version("dnd/stages/pipeline_samples.py", "dnd/stages/sample.py"),
+        code=command_code_version("sample-pipeline"),
     log:
         "logs/sample_pipeline/{pipeline}.log",
     benchmark:
@@ -94,7 +94,7 @@ rule evaluate_richtext:
         metrics="results/metrics/richtext/{model}/{sampling}.json",
     params:
         cfg=richtext_eval_params(),
-        code=code_version("dnd/stages/richtext.py", "dnd/metrics/ppl.py", "dnd/metrics/ocr.py"),
+        code=command_code_version("evaluate-richtext"),
     log:
         "logs/evaluate_richtext/{model}/{sampling}.log",
     threads: 1
@@ -114,7 +114,7 @@ rule evaluate_richtext_reference:
         metrics="results/metrics/richtext/reference.json",
     params:
         cfg=richtext_eval_params(),
-        code=code_version("dnd/stages/richtext.py", "dnd/metrics/ppl.py", "dnd/metrics/ocr.py"),
+        code=command_code_version("evaluate-richtext"),
     log:
         "logs/evaluate_richtext/reference.log",
     threads: 1
@@ -135,11 +135,12 @@ rule make_richtext_table:
         plot=report("results/richtext.png", caption="../report/richtext.rst", category="Rich text"),
         grids=report("results/richtext_grids.png", caption="../report/samples.rst", category="Rich text"),
     params:
-        cfg=richtext_eval_params(),
+        cfg=richtext_table_params(),
+        code=command_code_version("make-richtext-table"),
     log:
         "logs/make_richtext_table.log",
     conda:
         "../../envs/dnd.yaml"
     shell:
-        "dnd make-richtext-table --params {params.cfg} --metrics {input.reference} {input.metrics}"
+        "dnd make-richtext-table --code-version {params.code} --params {params.cfg} --metrics {input.reference} {input.metrics}"
         " --samples {input.samples} --out {output.table} > {log} 2>&1"

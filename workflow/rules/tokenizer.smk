@@ -14,7 +14,7 @@ rule train_tokenizer:
         model="results/tokenizers/{tokenizer}/model.pt",
     params:
         cfg=tokenizer_params,
-        code=code_version("dnd/tokenizer/rqvae.py", "dnd/tokenizer/quantizer.py", "dnd/tokenizer/losses.py", "dnd/tokenizer/train.py", "dnd/training.py", "dnd/data/images.py"),
+        code=command_code_version("train-tokenizer"),
     log:
         "logs/train_tokenizer/{tokenizer}.log",
     benchmark:
@@ -39,7 +39,7 @@ rule evaluate_reconstruction:
     params:
         cfg=evaluation_params(),
         tokenizer=recon_tokenizer_arg,
-        code=code_version("dnd/stages/recon.py", "dnd/metrics/ocr.py", "dnd/metrics/rouge.py", "dnd/metrics/fid.py"),
+        code=command_code_version("evaluate-reconstruction"),
     log:
         "logs/evaluate_reconstruction/{tokenizer}/{testset}.log",
     benchmark:
@@ -61,7 +61,7 @@ rule evaluate_vae_reconstruction:
         metrics="results/metrics/recon/{vae}/{testset}.json",
     params:
         cfg=vae_evaluation_params,
-        code=code_version("dnd/stages/vae_recon.py", "dnd/stages/recon.py", "dnd/metrics/ocr.py", "dnd/metrics/rouge.py", "dnd/metrics/fid.py"),
+        code=command_code_version("evaluate-vae-reconstruction"),
     log:
         "logs/evaluate_vae_reconstruction/{vae}/{testset}.log",
     benchmark:
@@ -84,7 +84,7 @@ rule tokenize_images:
         codes=directory("results/codes/{tokenizer}/{dataset}"),
     params:
         crops=ten_crop_arg,
-        code=code_version("dnd/stages/tokenize.py", "dnd/data/codes.py"),
+        code=command_code_version("tokenize-images"),
     log:
         "logs/tokenize_images/{tokenizer}/{dataset}.log",
     benchmark:
@@ -106,12 +106,13 @@ rule make_table1a:
         grids=report("results/table1a_grids.png", caption="../report/table1_grids.rst", category="Table 1"),
     params:
         cfg=stage_params("tables.table1a"),
+        code=command_code_version("make-table1"),
     log:
         "logs/make_table1a.log",
     conda:
         "../../envs/dnd.yaml"
     shell:
-        "dnd make-table1 --table table1a --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
+        "dnd make-table1 --code-version {params.code} --table table1a --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
 
 
 rule make_table1b:
@@ -123,9 +124,10 @@ rule make_table1b:
         grids=report("results/table1b_grids.png", caption="../report/table1_grids.rst", category="Table 1"),
     params:
         cfg=stage_params("tables.table1b"),
+        code=command_code_version("make-table1"),
     log:
         "logs/make_table1b.log",
     conda:
         "../../envs/dnd.yaml"
     shell:
-        "dnd make-table1 --table table1b --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
+        "dnd make-table1 --code-version {params.code} --table table1b --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"

@@ -14,7 +14,7 @@ rule train_transformer:
         model="results/transformers/{model}/model.pt",
     params:
         cfg=transformer_params,
-        code=code_version("dnd/transformer/model.py", "dnd/transformer/train.py", "dnd/training.py", "dnd/data/codes.py"),
+        code=command_code_version("train-transformer"),
     log:
         "logs/train_transformer/{model}.log",
     benchmark:
@@ -39,7 +39,7 @@ rule sample_images:
         samples=directory("results/samples/{model}/{sampling}"),
     params:
         cfg=sampling_params,
-        code=code_version("dnd/transformer/generate.py", "dnd/transformer/kv_cache.py", "dnd/stages/sample.py"),
+        code=command_code_version("sample"),
     log:
         "logs/sample_images/{model}/{sampling}.log",
     benchmark:

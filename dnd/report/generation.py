@@ -1,6 +1,6 @@
 """Tables 2 and 3 (class-conditional generation) from the metrics JSONs of `evaluate_generation`.
 
-Same conventions as `dnd.tables`: one row per (model, cfg scale) or per variant, `n/a` where a metric
+Same conventions as `dnd.report.tables`: one row per (model, cfg scale) or per variant, `n/a` where a metric
 cannot run, a `note` column saying why. `demo_classifier_acc` / `demo_classifier_conf` are the accuracy
 and mean intended-class probability of a small CNN trained on the real training images, applied to the
 samples: a weight-free stand-in that says whether samples look like their class, not FID. Which
@@ -18,7 +18,7 @@ import pandas as pd
 
 from dnd.atomic import atomic_path
 from dnd.metrics.inception import WEIGHTS_SETTING
-from dnd.tables import NA
+from dnd.report.tables import NA
 
 VARIANT_ORDER = ("1d", "parallel", "vertical", "dnd")  # the paper's Table 3 row order
 # Table 3 of the paper, best first by FID (2.58 / 3.18 / 4.12 / 6.32; IS ranks them the same way).
@@ -198,3 +198,23 @@ def plot_fid_vs_cfg(frame: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def write_generation_table(table: str, metrics: list[Path], spec: dict[str, Any], out: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Table 2 (models × cfg scale, with FID-vs-cfg plot) or Table 3 (the four variants, with a bar plot and a
+    note on whether the paper's order shows); returns the frame and what the provenance record adds."""
+    from dnd.report.tables import plot_bars, write_csv
+
+    notes = spec.get("notes", {})
+    frame = table2(metrics, notes) if table == "table2" else table3(metrics, notes=notes)
+    extra: dict[str, Any] = {"rows": row_provenance(metrics)}
+    if table == "table3":
+        metric = headline_metric(frame)
+        extra["order_note"] = order_note(frame, metric)
+        frame["note"] = [f"{n}; {extra['order_note']}" if n else extra["order_note"] for n in frame["note"]]
+        plot_bars(frame.rename(columns={"model": "tokenizer"}).assign(tokenizer=frame["variant"]),
+                  [metric], f"Table 3: the four variants ({metric})", metric, out.with_suffix(".png"))
+    else:
+        plot_fid_vs_cfg(frame, out.with_suffix(".png"))
+    write_csv(frame, out)
+    return frame, extra

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from dnd.atomic import atomic_path
+from dnd.config import ConfigError
 
 NA = "n/a"
 TESTSET_ORDER = ("text256", "text512", "arxiv512")  # the paper's column order
@@ -109,3 +110,23 @@ def stack_images(paths: list[Path], labels: list[str], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def write_table1(table: str, metrics: list[Path], spec: dict[str, Any], out: Path) -> pd.DataFrame:
+    """Table 1a (the class-labelled set) or 1b (rOCR by test set): the CSV, a bar plot (`.png`) and the rows'
+    reconstruction grids stacked (`_grids.png`). `spec` is `tables.<table>` of the config."""
+    notes = spec.get("notes", {})
+    if table == "table1a":
+        frame = table1a(metrics, notes)
+        plot_bars(frame, ["L2", "code_usage"], "Table 1a: reconstruction on the class-labelled test set", "value", out.with_suffix(".png"))
+    else:
+        frame = table1b(metrics, spec["columns"], notes)
+        plot_bars(frame, [c for c in frame.columns if c in spec["columns"].values()],
+                  "Table 1b: rOCR of reconstructions (higher is better)", "ROUGE-L F", out.with_suffix(".png"))
+    write_csv(frame, out)
+    grids = [m.with_suffix(".png") for m in metrics if m.with_suffix(".png").exists()]
+    if not grids:
+        raise ConfigError(f"tables.{table}: no row has a reconstruction grid (it lists no tokenizer or VAE)")
+    captions = [json.loads(g.with_suffix(".json").read_text()).get("grid", "originals, then depth 1..D") for g in grids]
+    stack_images(grids, [f"{g.parent.name} on {g.stem}: {c}" for g, c in zip(grids, captions)], out.with_name(out.stem + "_grids.png"))
+    return frame

@@ -1,0 +1,1 @@
+"""The paper's tables and figures, built from the evaluation stages' metrics files."""
