@@ -140,7 +140,10 @@ def restore_rng_states(saved: Any, rank: int, world: int, device: torch.device, 
     from (seed, rank, step), so ranks still differ, and says so (the run is no longer bit-identical
     to an uninterrupted one). Older checkpoints hold one state (rank 0's), which every rank takes.
     """
-    if isinstance(saved, dict):
+    if saved is None:
+        log.warning("the checkpoint holds no RNG state: rank %d reseeds from (seed, rank, step)", rank)
+        seed_everything(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
+    elif isinstance(saved, dict):
         set_rng_state(saved, device)
     elif isinstance(saved, list) and len(saved) == world:
         set_rng_state(saved[rank], device)
@@ -284,7 +287,7 @@ def _load_checkpoint(trainer: Trainer, checkpoints: Checkpointer, loop: LoopConf
         raise CheckpointMismatch(
             f"{checkpoints.last} (code version {saved_version}) does not load into {run.name} as code version "
             f"{run.code_version} builds it: {str(err).splitlines()[0]}; rerun with --fresh to start over") from err
-    restore_rng_states(state["rng"], run.rank, run.world, run.device, loop.seed, state["step"])
+    restore_rng_states(state.get("rng"), run.rank, run.world, run.device, loop.seed, state["step"])
     return state["step"], state.get("best_val_loss", math.inf)
 
 

@@ -28,6 +28,7 @@ from dnd.baselines.ddpm import (
     unet_block_types,
 )
 from dnd.data import shards
+from dnd import training
 from dnd.training import Progress
 
 TINY = ddpm_config("tiny")
@@ -139,7 +140,7 @@ def test_resume_after_a_stop_signal_equals_an_uninterrupted_run(dataset, tmp_pat
     # trainer checkpoints after the step and returns, and the task reports the interruption.
     task = TrainingTask(train_ddpm, (cfg, [dataset], tmp_path / "b" / "model.pt", tmp_path / "work-b"), tmp_path / "work-b")
     with monkeypatch.context() as patch:
-        patch.setattr(ddpm, "Progress", StopAt)
+        patch.setattr(training, "Progress", StopAt)  # the one loop reports progress
         with pytest.raises(Interrupted) as stopped:
             task()
     assert stopped.value.signals == [signal.SIGTERM]

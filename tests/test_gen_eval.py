@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dnd import gen_tables
+from dnd.report import generation as gen_tables
 from dnd.data import shards
 from dnd.data.labelled import LabelledConfig, write_digits_image_folder
 from dnd.data.splits import SplitConfig
@@ -44,7 +44,7 @@ def digits(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def classifier_path(digits, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("classifier") / "classifier.pt"
-    train_classifier(digits, path, FAST_CLASSIFIER)
+    train_classifier(digits, path, FAST_CLASSIFIER, path.parent / "work")
     return path
 
 
@@ -83,7 +83,7 @@ def test_classifier_beats_chance_on_real_images_and_is_deterministic(digits, cla
     rgb = classifier_scores(classifier, np.repeat(images, 3, axis=-1), labels)
     assert rgb["accuracy"] == scores["accuracy"]
     again = tmp_path / "again.pt"
-    train_classifier(digits, again, FAST_CLASSIFIER)
+    train_classifier(digits, again, FAST_CLASSIFIER, tmp_path / "work-again")
     first, second = torch.load(classifier_path)["model"], torch.load(again)["model"]
     assert all(torch.equal(first[name], second[name]) for name in first)
     with pytest.raises(ValueError, match="16, 16"):

@@ -17,15 +17,9 @@ from dnd.data.render import PageLayout, RenderConfig
 from dnd.metrics.adm import write_adm_batch
 from dnd.metrics.ocr import OCRConfig
 from dnd.metrics.ppl import LMConfig, fit_ngram_on_dataset
-from dnd.stages.richtext import (
-    REFERENCE_MODEL,
-    TABLE_COLUMNS,
-    evaluate_richtext,
-    plot_ppl_by_temperature,
-    richtext_table,
-    sample_ddpm_images,
-    stack_grids,
-)
+from dnd.baselines.ddpm_samples import sample_ddpm_images
+from dnd.report.richtext import TABLE_COLUMNS, plot_ppl_by_temperature, richtext_table, stack_grids
+from dnd.stages.richtext import REFERENCE_MODEL, evaluate_richtext
 
 SENTENCES = [
     "the river flows past the old mill and into the quiet town",

@@ -1,4 +1,4 @@
-"""FSDP (fully_shard) training of the transformer over two CPU processes (gloo), against one process.
+"""Multi-rank training of the transformer over two CPU processes (gloo): FSDP against one process, DDP with dropout resumed.
 
 Kept apart from the stage tests so that the spawned ranks import little besides the trainer.
 """
@@ -147,3 +147,43 @@ def test_auto_parallelism_shards_only_the_largest_presets_over_several_ranks(siz
 def test_unknown_parallelism_is_refused():
     with pytest.raises(ValueError, match="parallelism"):
         TransformerSpec.from_dict("t", {**RUN, "train": {"parallelism": "zero3"}})
+
+
+# Dropout everywhere it exists: each rank draws its own masks, from its own RNG stream.
+DROPOUT_RUN = {
+    **RUN,
+    "model": {"variant": "dnd", "class_dropout": 0.2, "token_dropout": 0.1, "resid_dropout": 0.1, "ffn_dropout": 0.1},
+    "train": {**RUN["train"], "parallelism": "ddp"},
+}
+
+
+def _ddp_dropout_worker(rank: int, world: int, port: int, codes_dir, root) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        spec = TransformerSpec.from_dict("t", DROPOUT_RUN)
+        train_transformer(spec, codes_dir, root / "whole" / "model.pt", root / "whole-work")
+        calls = itertools.count(1)
+        assert train_transformer(spec, codes_dir, root / "resumed" / "model.pt", root / "resumed-work",
+                                 should_stop=lambda: next(calls) == 3) is None
+        dist.barrier()
+        train_transformer(spec, codes_dir, root / "resumed" / "model.pt", root / "resumed-work")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_with_dropout_stopped_and_resumed_equal_the_uninterrupted_run(codes, tmp_path):
+    """Each rank saves and takes back its own RNG state, so after a stop at step 3 the ranks draw the
+    dropout and label-dropout masks they would have drawn: weights and EMA equal the uninterrupted run
+    exactly (same operations in the same order on the same CPU)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_ddp_dropout_worker, args=(2, port, codes, tmp_path), nprocs=2, join=True)
+    whole = torch.load(tmp_path / "whole-work" / "checkpoints" / "last.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "resumed-work" / "checkpoints" / "last.pt", weights_only=False)
+    assert whole["step"] == resumed["step"] == DROPOUT_RUN["train"]["steps"]
+    for key in ("model", "ema"):
+        assert all(torch.equal(whole[key][name], resumed[key][name]) for name in whole[key]), key
+    # the two ranks' streams differ (their masks are not correlated), and both are in the checkpoint
+    assert len(resumed["rng"]) == 2 and not torch.equal(resumed["rng"][0]["torch"], resumed["rng"][1]["torch"])

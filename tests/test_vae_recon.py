@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dnd import tables
+from dnd.report import tables
 from dnd.cli import main
 from dnd.config import ConfigError
 from dnd.data import shards
