@@ -217,7 +217,8 @@ def cmd_compute_reference(args: argparse.Namespace) -> None:
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> None:
-    from dnd.metrics.classifier import ClassifierConfig, train_classifier
+    from dnd.metrics.classifier import ClassifierConfig
+    from dnd.metrics.classifier_train import train_classifier
 
     raw = _stage_config(args, "evaluation.classifier")
     work = _work_area(args, "train_classifier", Path(args.dataset).name, raw, [Path(args.dataset)])

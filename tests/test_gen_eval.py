@@ -14,7 +14,8 @@ from dnd.data import shards
 from dnd.data.labelled import LabelledConfig, write_digits_image_folder
 from dnd.data.splits import SplitConfig
 from dnd.metrics.adm import write_adm_batch
-from dnd.metrics.classifier import ClassifierConfig, classifier_scores, load_classifier, train_classifier
+from dnd.metrics.classifier import ClassifierConfig, classifier_scores, load_classifier
+from dnd.metrics.classifier_train import train_classifier
 from dnd.metrics.fid import Reference
 from dnd.metrics.inception import WEIGHTS_SETTING
 from dnd.provenance import file_sha256

@@ -19,7 +19,8 @@ from dnd.data.images import to_tensor
 from dnd.data.render import PageLayout, RenderConfig
 from dnd.stages.recon import ORIGINAL, ReconEvalConfig, evaluate_reconstruction
 from dnd.stages.tokenize import ten_crops, tokenize_images
-from dnd.tokenizer.train import TokenizerSpec, load_tokenizer, train_tokenizer
+from dnd.tokenizer.rqvae import load_tokenizer
+from dnd.tokenizer.train import TokenizerSpec, train_tokenizer
 from testdata import REPO
 
 SENTENCES = [

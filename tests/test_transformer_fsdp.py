@@ -17,7 +17,8 @@ import torch.multiprocessing as mp
 from dnd.data.codes import CodeMapDataset, CodeMapInfo, code_shards, write_code_shard
 from dnd.transformer import parallel
 from dnd.transformer.model import Transformer
-from dnd.transformer.train import TransformerSpec, load_transformer, train_transformer, validate
+from dnd.transformer.model import load_transformer
+from dnd.transformer.train import TransformerSpec, train_transformer, validate
 
 GRID, DEPTH, VOCAB, CLASSES = 4, 2, 16, 3
 # No dropout (nothing random differs between the ranks and one process); EMA on and a clip norm that
@@ -49,7 +50,7 @@ def codes(tmp_path):
 def tokenizer(tmp_path):
     """A tiny untrained tokenizer: the sample grids written during training decode through it."""
     from dnd.tokenizer.rqvae import RQVAE, rqvae_config
-    from dnd.tokenizer.train import save_tokenizer
+    from dnd.tokenizer.rqvae import save_tokenizer
 
     torch.manual_seed(0)
     model = RQVAE(rqvae_config("demo_f8", depth=DEPTH, codebook_size=VOCAB, ch=32, z_channels=8, embed_dim=8))

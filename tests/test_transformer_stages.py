@@ -15,8 +15,9 @@ from dnd.data import shards
 from dnd.data.codes import CodeMapInfo, write_code_shard
 from dnd.stages.sample import SampleSpec, sample_images
 from dnd.tokenizer.rqvae import RQVAE, rqvae_config
-from dnd.tokenizer.train import save_tokenizer
-from dnd.transformer.train import TransformerSpec, load_transformer, train_transformer
+from dnd.tokenizer.rqvae import save_tokenizer
+from dnd.transformer.model import load_transformer
+from dnd.transformer.train import TransformerSpec, train_transformer
 from testdata import REPO
 
 TINY = {

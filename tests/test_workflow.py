@@ -34,6 +34,17 @@ def planned_jobs(run: subprocess.CompletedProcess) -> set[str]:
     return {name for name in rows if name not in ("total", "all")}
 
 
+def planned_runs(run: subprocess.CompletedProcess) -> set[tuple[str, str]]:
+    """(rule, wildcards) of every planned job of a dry run, e.g. ("train_ddpm", "ddpm=micro_ddpm")."""
+    jobs = set()
+    for block in re.split(r"^rule ", run.stdout, flags=re.MULTILINE)[1:]:
+        rule = block.split(":", 1)[0].strip()
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, flags=re.MULTILINE)
+        if rule != "all":
+            jobs.add((rule, wildcards.group(1).strip() if wildcards else ""))
+    return jobs
+
+
 def planned_tokenizer_jobs(run: subprocess.CompletedProcess) -> set[str]:
     """The `tokenizer` wildcard of every planned job that has one."""
     return set(re.findall(r"wildcards: tokenizer=(\w+)", run.stdout))
@@ -238,3 +249,143 @@ def test_rendering_twice_gives_the_same_bytes(micro_run, tmp_path):
     published = workdir / "results" / "data" / "text_image"
     for rel in first:
         assert (published / rel).read_bytes() == (outs[0] / rel).read_bytes()
+
+
+GOLDEN = REPO / "tests" / "golden" / "micro"
+
+
+def test_micro_tables_are_pinned(micro_run):
+    """The micro config's tables, byte for byte, as the code before the one-loop refactor wrote them:
+    refactors of the trainers, the rules or the report must not change a number."""
+    workdir, _ = micro_run
+    names = sorted(p.name for p in GOLDEN.glob("*.csv"))
+    assert names == ["richtext.csv", "table1a.csv", "table1b.csv", "table2.csv", "table3.csv"]
+    for name in names:
+        assert (workdir / "results" / name).read_bytes() == (GOLDEN / name).read_bytes(), name
+
+
+def _edited_code_copy(tmp_path: Path, module: str) -> Path:
+    """A copy of the workflow and the package with one module edited (a comment appended): its Snakefile."""
+    import shutil
+
+    copy = tmp_path / "code"
+    for name in ("Snakefile", "workflow", "dnd", "envs"):
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, copy / name)
+    with open(copy / module, "a") as fh:
+        fh.write("\n# an edit\n")
+    return copy / "Snakefile"
+
+
+def _rules(jobs: set[tuple[str, str]]) -> set[str]:
+    return {rule for rule, _ in jobs}
+
+
+TRAINED_TRANSFORMERS = {"micro_dnd", "micro_1d", "micro_parallel", "micro_vertical", "micro_text"}
+
+
+@pytest.mark.parametrize("module, expected", [
+    # the table code: the tables and nothing else
+    ("dnd/report/tables.py", {("make_table1a", ""), ("make_table1b", ""), ("make_table2", ""), ("make_table3", ""),
+                              ("make_richtext_table", "")}),
+    ("dnd/report/generation.py", {("make_table2", ""), ("make_table3", "")}),
+    # how stages run: nothing
+    ("dnd/launch/slurm.py", set()),
+    ("dnd/provenance.py", set()),
+    ("dnd/cli.py", set()),
+])
+def test_code_edit_plans_exactly_the_jobs_it_determines(micro_run, tmp_path, module, expected):
+    workdir, _ = micro_run
+    snakefile = _edited_code_copy(tmp_path, module)
+    run = snakemake(workdir, "-s", str(snakefile), "-n", "--configfile", "run.yaml")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert planned_runs(run) == expected
+
+
+def test_editing_the_transformer_model_plans_training_and_what_follows(micro_run, tmp_path):
+    workdir, _ = micro_run
+    run = snakemake(workdir, "-s", str(_edited_code_copy(tmp_path, "dnd/transformer/model.py")), "-n", "--configfile", "run.yaml")
+    assert run.returncode == 0, run.stderr[-2000:]
+    jobs = planned_runs(run)
+    assert {w for rule, w in jobs if rule == "train_transformer"} == {f"model={m}" for m in TRAINED_TRANSFORMERS}
+    assert _rules(jobs) == {"train_transformer", "sample_images", "evaluate_generation", "make_table2", "make_table3",
+                            "evaluate_richtext", "make_richtext_table"}
+    # the DDPM's row is not downstream of any transformer: its sampling and scoring stay
+    assert ("evaluate_richtext", "model=micro_ddpm, sampling=ddpm") not in jobs
+    assert ("evaluate_richtext", "model=micro_text, sampling=micro_text_t1") in jobs
+
+
+def _dry_run_with(workdir: Path, config: dict, *keys_and_value) -> set[tuple[str, str]]:
+    edited = json.loads(json.dumps(config))
+    *keys, last, value = keys_and_value
+    node = edited
+    for key in keys:
+        node = node.setdefault(key, {})
+    node[last] = value
+    (workdir / "edited.yaml").write_text(yaml.safe_dump(edited))
+    run = snakemake(workdir, "-n", "--configfile", "edited.yaml")
+    assert run.returncode == 0, run.stderr[-2000:]
+    return planned_runs(run)
+
+
+def test_one_job_one_row(micro_run):
+    """Each job's params hold only what it depends on."""
+    workdir, config = micro_run
+    # a row's note is the table's: no OCR or LM reruns
+    assert _dry_run_with(workdir, config, "richtext", "notes", {"micro_text": "edited"}) == {("make_richtext_table", "")}
+    # a new row scores that row only
+    runs = [*config["richtext"]["runs"], {"model": "micro_dnd", "sampling": "micro_cfg1"}]
+    assert _dry_run_with(workdir, config, "richtext", "runs", runs) == {
+        ("evaluate_richtext", "model=micro_dnd, sampling=micro_cfg1"), ("make_richtext_table", "")}
+    # the DDPM's sample count: sampling and what follows, not training
+    sampling = {**config["ddpm"]["micro_ddpm"].get("sampling", {}), "n": 3}
+    assert _dry_run_with(workdir, config, "ddpm", "micro_ddpm", "sampling", sampling) == {
+        ("sample_ddpm", "ddpm=micro_ddpm"), ("evaluate_richtext", "model=micro_ddpm, sampling=ddpm"),
+        ("make_richtext_table", "")}
+
+
+def test_clean_work_lists_and_removes_only_folders_no_job_points_to(micro_run):
+    workdir, _ = micro_run
+    env = dict(os.environ, DND_WORK_DIR=str(workdir / "work"))
+    orphan = workdir / "work" / "train_tokenizer" / "micro_d1-000000000000"
+    (orphan / "checkpoints").mkdir(parents=True)
+    (orphan / "checkpoints" / "last.pt").write_bytes(b"x" * 1000)
+    in_use = sorted(p for p in (workdir / "work").glob("*/*") if p.is_dir() and p != orphan and not p.parent.name.startswith("."))
+    assert in_use
+
+    def clean(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dnd", "clean-work", "--snakefile", str(REPO / "Snakefile"),
+                               "--configfile", "run.yaml", *args], capture_output=True, text=True, cwd=workdir, env=env)
+
+    listed = clean()
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert f"would remove {orphan} " in listed.stdout and "1 work folder(s)" in listed.stdout, listed.stdout
+    assert orphan.exists()  # a dry run by default
+    removed = clean("--delete")
+    assert removed.returncode == 0 and not orphan.exists()
+    assert all(p.exists() for p in in_use)
+
+
+def test_touched_inputs_resume_training_from_the_last_checkpoint(micro_run):
+    """A `touch` (or copy, or rsync) of a training job's inputs reruns the job, which finds its work area
+    by the inputs' content and resumes from its last checkpoint instead of starting at step 0.
+    (Last in this file: the rerun makes the transformer newer than what follows it.)"""
+    import time
+
+    import torch
+
+    workdir, config = micro_run
+    model = workdir / "results" / "transformers" / "micro_dnd" / "model.pt"
+    before = torch.load(model, weights_only=False)["state_dict"]
+    later = time.time() + 5
+    for path in [workdir / "results" / "tokenizers" / "micro_cls" / "model.pt",
+                 *sorted((workdir / "results" / "codes" / "micro_cls" / "classes").rglob("*"))]:
+        os.utime(path, (later, later))  # in dependency order: the codes stay newer than their tokenizer
+    run = snakemake(workdir, "--configfile", "run.yaml", str(model.relative_to(workdir)))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "train_transformer" in run.stderr + run.stdout
+    log = (workdir / "logs" / "train_transformer" / "micro_dnd.log").read_text()
+    steps = config["transformers"]["micro_dnd"]["train"]["steps"]
+    assert f"at step {steps}" in log and "resuming from" in log, log[-2000:]
+    after = torch.load(model, weights_only=False)["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -54,7 +54,7 @@ def code_usage(counts: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def evaluate_reconstruction(tokenizer: Path | None, testset: Path, out: Path, cfg: ReconEvalConfig, names: dict[str, str]) -> dict[str, Any]:
-    from dnd.tokenizer.train import load_tokenizer
+    from dnd.tokenizer.rqvae import load_tokenizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_tokenizer(tokenizer, device) if tokenizer is not None else None

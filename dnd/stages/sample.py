@@ -55,9 +55,9 @@ class SampleShardTask:
 
 
 def sample_shard(task: SampleShardTask) -> dict[str, Any]:
-    from dnd.tokenizer.train import load_tokenizer
+    from dnd.tokenizer.rqvae import load_tokenizer
     from dnd.transformer.generate import generate
-    from dnd.transformer.train import load_transformer
+    from dnd.transformer.model import load_transformer
 
     if task.out.exists():
         with np.load(task.out) as done:
@@ -90,7 +90,7 @@ def label_list(num_classes: int, spec: SampleSpec) -> list[int]:
 
 
 def sample_images(model_path: Path, tokenizer: Path, spec: SampleSpec, out_dir: Path, work_dir: Path, names: dict[str, str]) -> dict[str, Any]:
-    from dnd.transformer.train import load_transformer
+    from dnd.transformer.model import load_transformer
 
     model = load_transformer(model_path)
     labels = label_list(model.config.num_classes, spec)

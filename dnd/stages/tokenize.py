@@ -53,7 +53,7 @@ def ten_crops(image, scale: float) -> list:
 
 def tokenize_shard(task: TokenizeTask) -> int:
     """Encode one image shard; returns the number of code maps written (0 when reused)."""
-    from dnd.tokenizer.train import load_tokenizer
+    from dnd.tokenizer.rqvae import load_tokenizer
 
     if task.code_shard.exists():
         return 0
@@ -87,7 +87,7 @@ def _image_side(dataset: Path) -> int:
 def tokenize_images(tokenizer: Path, name: str, dataset: Path, out_dir: Path, work_dir: Path, batch_size: int = 32,
                     ten_crop_scale: float | None = None) -> dict[str, Any]:
     """Encode every split of `dataset`; with `ten_crop_scale`, the train split as ten crops per image."""
-    from dnd.tokenizer.train import load_tokenizer
+    from dnd.tokenizer.rqvae import load_tokenizer
 
     model = load_tokenizer(tokenizer)
     side = _image_side(dataset)

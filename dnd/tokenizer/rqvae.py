@@ -10,13 +10,16 @@ nearest + conv upsampling, res-attention-res middle block), so their checkpoints
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from dnd.atomic import atomic_path
 from dnd.tokenizer.quantizer import CODEBOOK_INITS, ResidualQuantizer
 
 DOWNSAMPLE_FACTORS = (8, 16, 32)
@@ -347,3 +350,15 @@ class RQVAE(nn.Module):
         """Initialise the codebook from these images' latents, one slice of codes per depth."""
         latents = rearrange(self.encode_latents(images), "b c h w -> b h w c")
         self.quantizer.init_codebook_depth_by_depth(latents, kmeans_iters)
+
+
+def save_tokenizer(path: Path, model: RQVAE, name: str, **extra: Any) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"name": name, "config": asdict(model.config), "state_dict": model.state_dict(), **extra}, tmp)
+
+
+def load_tokenizer(path: Path, device: str | torch.device = "cpu") -> RQVAE:
+    payload = torch.load(path, map_location=device, weights_only=False)
+    model = RQVAE(RQVAEConfig(**payload["config"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +30,7 @@ from dnd.atomic import atomic_path
 from dnd.data.images import ImageShardDataset, to_pil, to_uint8
 from dnd.launch.distributed import init_distributed
 from dnd.tokenizer.losses import TokenizerLoss, TokenizerLossConfig
-from dnd.tokenizer.rqvae import RQVAE, RQVAEConfig, rqvae_config
+from dnd.tokenizer.rqvae import RQVAE, RQVAEConfig, rqvae_config, save_tokenizer
 from dnd.training import LoopConfig, RunInfo, StepBatchSampler, default_device, run_training, seed_everything
 
 log = logging.getLogger("dnd.tokenizer.train")
@@ -71,18 +71,6 @@ class TokenizerSpec:
         preset = model.pop("preset", None)
         config = rqvae_config(preset, **model) if preset else RQVAEConfig(**model)
         return cls(name, config, TokenizerLossConfig(**raw.get("loss", {})), TokenizerTrainConfig(**raw.get("train", {})))
-
-
-def save_tokenizer(path: Path, model: RQVAE, name: str, **extra: Any) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"name": name, "config": asdict(model.config), "state_dict": model.state_dict(), **extra}, tmp)
-
-
-def load_tokenizer(path: Path, device: str | torch.device = "cpu") -> RQVAE:
-    payload = torch.load(path, map_location=device, weights_only=False)
-    model = RQVAE(RQVAEConfig(**payload["config"]))
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval()
 
 
 @torch.no_grad()

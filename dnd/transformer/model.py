@@ -16,14 +16,16 @@ Variants (one config switch, `variant`):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from dnd.atomic import atomic_path
 from dnd.transformer.kv_cache import KVCache
 
 Variant = Literal["1d", "parallel", "vertical", "dnd"]
@@ -354,3 +356,15 @@ def code_cross_entropy(logits: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
     per_code = F.cross_entropy(flat_logits, codes.flatten(), reduction="none")  # (B·N·D,), raster then depth
     per_depth = rearrange(per_code, "(bn d) -> bn d", d=codes.shape[-1]).mean(0)
     return per_depth.mean(), per_depth  # every depth has B·N codes, so this is the plain mean
+
+
+def save_transformer(path: Path, model: Transformer, name: str, **extra: Any) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"name": name, "config": asdict(model.config), "state_dict": model.state_dict(), **extra}, tmp)
+
+
+def load_transformer(path: Path, device: str | torch.device = "cpu") -> Transformer:
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    model = Transformer(TransformerConfig(**payload["config"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval()

@@ -22,7 +22,7 @@ from dnd.atomic import atomic_path
 from dnd.data.codes import CodeMapDataset, code_shards, draw_crops
 from dnd.launch.distributed import init_distributed
 from dnd.transformer import parallel
-from dnd.transformer.model import Transformer, TransformerConfig, code_cross_entropy
+from dnd.transformer.model import Transformer, TransformerConfig, code_cross_entropy, save_transformer
 from dnd.training import LoopConfig, RunInfo, batch_indices, default_device, run_training, seed_everything
 
 log = logging.getLogger("dnd.transformer.train")
@@ -73,18 +73,6 @@ class TransformerSpec:
             self.size, vocab_size=info.codebook_size, depth=info.depth, grid_size=info.height,
             num_classes=num_classes, **self.model,
         )
-
-
-def save_transformer(path: Path, model: Transformer, name: str, **extra: Any) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"name": name, "config": asdict(model.config), "state_dict": model.state_dict(), **extra}, tmp)
-
-
-def load_transformer(path: Path, device: str | torch.device = "cpu") -> Transformer:
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    model = Transformer(TransformerConfig(**payload["config"]))
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval()
 
 
 def _num_classes(dataset: CodeMapDataset) -> int:
@@ -238,7 +226,7 @@ def sample_grid(model: Transformer, tokenizer: Path, path: Path, seed: int, n: i
     from torchvision.utils import make_grid
 
     from dnd.data.images import to_pil, to_uint8
-    from dnd.tokenizer.train import load_tokenizer
+    from dnd.tokenizer.rqvae import load_tokenizer
     from dnd.transformer.generate import SamplingConfig, generate
 
     device = next(model.parameters()).device
