@@ -13,7 +13,6 @@ shared by the DataLoader workers, instead of resident memory per process.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +23,13 @@ from PIL import Image
 
 from dnd.atomic import atomic_path
 from dnd.data.shards import decode_png, split_shards
+from dnd.digests import cached_sha256
 
 
 def mapped_png_column(shard: Path, cache_dir: Path) -> pa.ChunkedArray:
-    """The shard's `png` column from a memory-mapped Arrow IPC copy in cache_dir (made once per shard version)."""
-    stat = shard.stat()
-    key = hashlib.sha256(f"{shard.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    """The shard's `png` column from a memory-mapped Arrow IPC copy in cache_dir (made once per shard content:
+    a touched or copied shard finds its copy again)."""
+    key = cached_sha256(shard, cache_dir)[:16]
     target = Path(cache_dir) / f"{shard.stem}-{key}.arrow"
     if not target.exists():
         source = pq.ParquetFile(shard)
