@@ -81,6 +81,17 @@ def default_device(local_rank: int = 0) -> torch.device:
     return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
 
 
+def join_ranks(batch_size: int, setting: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process (rank 0 of 1 outside a multi-task job); the global
+    batch `setting` must split evenly over the ranks."""
+    from dnd.launch.distributed import init_distributed
+
+    info = init_distributed()
+    if batch_size % info.world_size:
+        raise ValueError(f"{setting}={batch_size} must split evenly over {info.world_size} ranks")
+    return info.rank, info.world_size, default_device(info.local_rank)
+
+
 def all_ranks_agree(flag: bool, world: int, device: torch.device) -> bool:
     """True on every rank once any rank saw it (SLURM signals all tasks, but not at the same instant)."""
     if world == 1:

@@ -187,6 +187,20 @@ def test_nothing_to_do_after_a_complete_run(micro_run):
     assert planned_jobs(snakemake(workdir, "-n", "--configfile", "run.yaml")) == set()
 
 
+def _dry_run_with(workdir: Path, config: dict, *keys_and_value) -> subprocess.CompletedProcess:
+    """A dry run with one config key set: `*keys, value`."""
+    edited = json.loads(json.dumps(config))  # unshared copies: YAML merge keys share nested dicts
+    *keys, last, value = keys_and_value
+    node = edited
+    for key in keys:
+        node = node.setdefault(key, {})
+    node[last] = value
+    (workdir / "edited.yaml").write_text(yaml.safe_dump(edited))
+    run = snakemake(workdir, "-n", "--configfile", "edited.yaml")
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run
+
+
 @pytest.mark.parametrize(
     "edit, expected",
     [
@@ -213,15 +227,7 @@ def test_nothing_to_do_after_a_complete_run(micro_run):
 )
 def test_config_edit_reruns_only_that_stage_and_what_follows(micro_run, edit, expected):
     workdir, config = micro_run
-    edited = json.loads(json.dumps(config))  # unshared copies: YAML merge keys share nested dicts
-    *keys, last, value = edit
-    node = edited
-    for key in keys:
-        node = node.setdefault(key, {})
-    node[last] = value
-    (workdir / "edited.yaml").write_text(yaml.safe_dump(edited))
-    run = snakemake(workdir, "-n", "--configfile", "edited.yaml")
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = _dry_run_with(workdir, config, *edit)
     assert planned_jobs(run) == expected
     if edit[0] == "tokenizers":  # only the edited tokenizer retrains and is re-evaluated
         assert planned_tokenizer_jobs(run) == {edit[1]}
@@ -269,6 +275,7 @@ def _edited_code_copy(tmp_path: Path, module: str) -> Path:
     import shutil
 
     copy = tmp_path / "code"
+    copy.mkdir()
     for name in ("Snakefile", "workflow", "dnd", "envs"):
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, copy / name)
@@ -315,31 +322,18 @@ def test_editing_the_transformer_model_plans_training_and_what_follows(micro_run
     assert ("evaluate_richtext", "model=micro_text, sampling=micro_text_t1") in jobs
 
 
-def _dry_run_with(workdir: Path, config: dict, *keys_and_value) -> set[tuple[str, str]]:
-    edited = json.loads(json.dumps(config))
-    *keys, last, value = keys_and_value
-    node = edited
-    for key in keys:
-        node = node.setdefault(key, {})
-    node[last] = value
-    (workdir / "edited.yaml").write_text(yaml.safe_dump(edited))
-    run = snakemake(workdir, "-n", "--configfile", "edited.yaml")
-    assert run.returncode == 0, run.stderr[-2000:]
-    return planned_runs(run)
-
-
 def test_one_job_one_row(micro_run):
     """Each job's params hold only what it depends on."""
     workdir, config = micro_run
     # a row's note is the table's: no OCR or LM reruns
-    assert _dry_run_with(workdir, config, "richtext", "notes", {"micro_text": "edited"}) == {("make_richtext_table", "")}
+    assert planned_runs(_dry_run_with(workdir, config, "richtext", "notes", {"micro_text": "edited"})) == {("make_richtext_table", "")}
     # a new row scores that row only
     runs = [*config["richtext"]["runs"], {"model": "micro_dnd", "sampling": "micro_cfg1"}]
-    assert _dry_run_with(workdir, config, "richtext", "runs", runs) == {
+    assert planned_runs(_dry_run_with(workdir, config, "richtext", "runs", runs)) == {
         ("evaluate_richtext", "model=micro_dnd, sampling=micro_cfg1"), ("make_richtext_table", "")}
     # the DDPM's sample count: sampling and what follows, not training
     sampling = {**config["ddpm"]["micro_ddpm"].get("sampling", {}), "n": 3}
-    assert _dry_run_with(workdir, config, "ddpm", "micro_ddpm", "sampling", sampling) == {
+    assert planned_runs(_dry_run_with(workdir, config, "ddpm", "micro_ddpm", "sampling", sampling)) == {
         ("sample_ddpm", "ddpm=micro_ddpm"), ("evaluate_richtext", "model=micro_ddpm, sampling=ddpm"),
         ("make_richtext_table", "")}
 
@@ -381,7 +375,7 @@ def test_touched_inputs_resume_training_from_the_last_checkpoint(micro_run):
     for path in [workdir / "results" / "tokenizers" / "micro_cls" / "model.pt",
                  *sorted((workdir / "results" / "codes" / "micro_cls" / "classes").rglob("*"))]:
         os.utime(path, (later, later))  # in dependency order: the codes stay newer than their tokenizer
-    run = snakemake(workdir, "--configfile", "run.yaml", str(model.relative_to(workdir)))
+    run = snakemake(workdir, str(model.relative_to(workdir)), "--configfile", "run.yaml")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "train_transformer" in run.stderr + run.stdout
     log = (workdir / "logs" / "train_transformer" / "micro_dnd.log").read_text()

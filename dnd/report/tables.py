@@ -70,7 +70,8 @@ def table1b(metrics: list[Path], columns: dict[str, str], notes: dict[str, str])
         row["auto_note"] = _continuous_note(m)
     frame = pd.DataFrame(list(by_row.values()))
     names = [columns[t] for t in TESTSET_ORDER if t in columns]
-    frame["n_images"] = frame["n_images"].map(lambda d: " ".join(f"{k}:{v}" for k, v in d.items()))
+    # in the columns' order, whatever the order of the metrics files (or of the config's keys)
+    frame["n_images"] = frame["n_images"].map(lambda d: " ".join(f"{k}:{d[k]}" for k in [*names, *sorted(set(d) - set(names))] if k in d))
     frame["note"] = ["; ".join(filter(None, [notes.get(t, ""), auto])) for t, auto in zip(frame["tokenizer"], frame["auto_note"])]
     return frame[["tokenizer", *names, "ocr_backend", "n_images", "note"]]
 

@@ -28,10 +28,9 @@ from torch.utils.data import DataLoader
 
 from dnd.atomic import atomic_path
 from dnd.data.images import ImageShardDataset, to_pil, to_uint8
-from dnd.launch.distributed import init_distributed
 from dnd.tokenizer.losses import TokenizerLoss, TokenizerLossConfig
 from dnd.tokenizer.rqvae import RQVAE, RQVAEConfig, rqvae_config, save_tokenizer
-from dnd.training import LoopConfig, RunInfo, StepBatchSampler, default_device, run_training, seed_everything
+from dnd.training import LoopConfig, RunInfo, StepBatchSampler, join_ranks, run_training, seed_everything
 
 log = logging.getLogger("dnd.tokenizer.train")
 
@@ -218,11 +217,7 @@ class TokenizerTrainer:
 def train_tokenizer(spec: TokenizerSpec, datasets: list[Path], out: Path, work_dir: Path,
                     should_stop: Callable[[], bool] = lambda: False, code_version: str | None = None) -> dict[str, Any] | None:
     cfg = spec.train
-    dist_info = init_distributed()  # rank 0 of 1 outside a multi-task job
-    world, rank = dist_info.world_size, dist_info.rank
-    if cfg.batch_size % world:
-        raise ValueError(f"tokenizers.{spec.name}.train.batch_size={cfg.batch_size} must split evenly over {world} ranks")
-    device = default_device(dist_info.local_rank)
+    rank, world, device = join_ranks(cfg.batch_size, f"tokenizers.{spec.name}.train.batch_size")
     trainer = TokenizerTrainer(spec, datasets, work_dir, rank, world, device)
     loop = LoopConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every, seed=cfg.seed)
     run = RunInfo(spec.name, "train_tokenizer", dataclasses.asdict(spec), rank, world, device, code_version,

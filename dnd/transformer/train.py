@@ -20,10 +20,9 @@ import torch
 
 from dnd.atomic import atomic_path
 from dnd.data.codes import CodeMapDataset, code_shards, draw_crops
-from dnd.launch.distributed import init_distributed
 from dnd.transformer import parallel
 from dnd.transformer.model import Transformer, TransformerConfig, code_cross_entropy, save_transformer
-from dnd.training import LoopConfig, RunInfo, batch_indices, default_device, run_training, seed_everything
+from dnd.training import LoopConfig, RunInfo, batch_indices, join_ranks, run_training, seed_everything
 
 log = logging.getLogger("dnd.transformer.train")
 
@@ -208,11 +207,7 @@ class TransformerTrainer:
 def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_dir: Path, tokenizer: Path | None = None,
                       should_stop: Callable[[], bool] = lambda: False, code_version: str | None = None) -> dict[str, Any] | None:
     cfg = spec.train
-    dist_info = init_distributed()  # rank 0 of 1 outside a multi-task job
-    world, rank = dist_info.world_size, dist_info.rank
-    if cfg.batch_size % world:
-        raise ValueError(f"transformers.{spec.name}.train.batch_size={cfg.batch_size} must split evenly over {world} ranks")
-    device = default_device(dist_info.local_rank)
+    rank, world, device = join_ranks(cfg.batch_size, f"transformers.{spec.name}.train.batch_size")
     trainer = TransformerTrainer(spec, codes_dir, work_dir, tokenizer, rank, world, device)
     loop = LoopConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
                       eval_every=cfg.eval_every if trainer.val_set is not None else None, seed=cfg.seed)
