@@ -369,6 +369,7 @@ def run_training(trainer: Trainer, loop: LoopConfig, run: RunInfo, work_dir: Pat
                "selected_by": "val/loss" if chosen == checkpoints.best else "last step", **extra}
     write_json(out.parent / "train_summary.json", summary)
     write_provenance(out, run.stage, run.config, seed=loop.seed, code_version=run.code_version,
-                     checkpoint_code_version=final.get("code_version"), summary=summary, world_size=run.world)
+                     checkpoint_code_version=final.get("code_version"), summary=summary, world_size=run.world,
+                     work_area=str(work_dir))
     log.info("trained %s: %s", run.name, json.dumps(summary, default=str))
     return summary

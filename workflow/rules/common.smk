@@ -43,7 +43,7 @@ def stage_params(dotted):
 
 
 def command_code_version(command):
-    """The rerun trigger of a rule running `dnd <command>`: a hash of the import closure of the dnd modules
+    """The rerun trigger of the jobs that run `dnd <command>`: a hash of the import closure of the dnd modules
     the command runs (dnd.codeversion), less those that only say how it runs (launcher, logging, CLI)."""
     return _command_code_version(command)
 
