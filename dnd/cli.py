@@ -176,7 +176,7 @@ def cmd_tokenize_images(args: argparse.Namespace) -> None:
 
 
 def cmd_make_table1(args: argparse.Namespace) -> None:
-    from dnd.report.tables import write_table1
+    from dnd.report.table1 import write_table1
 
     raw = _stage_config(args, f"tables.{args.table}")
     metrics = [Path(m) for m in args.metrics]

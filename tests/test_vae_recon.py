@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dnd.report import tables
+from dnd.report import table1 as tables
 from dnd.cli import main
 from dnd.config import ConfigError
 from dnd.data import shards
@@ -58,10 +58,10 @@ def test_vae_reconstruction_metrics(vae_dir, text_testset, tmp_path):
 def test_sampled_latents_are_seeded(vae_dir, text_testset, tmp_path):
     cfg = ReconEvalConfig(max_images=1, batch_size=1)
     vae = ReferenceVAEConfig(path=str(vae_dir), subfolder="vae", latent="sample", seed=3)
-    from dnd.stages import vae_recon
+    from dnd.stages import recon
 
     with pytest.MonkeyPatch.context() as patch:  # OCR is tested above; here only the latents matter
-        patch.setattr(vae_recon, "ocr_metrics", lambda *args: {"rocr": None})
+        patch.setattr(recon, "ocr_metrics", lambda *args: {"rocr": None})
         first = evaluate_vae_reconstruction("v", vae, text_testset, tmp_path / "a.json", cfg, "t")
         second = evaluate_vae_reconstruction("v", vae, text_testset, tmp_path / "b.json", cfg, "t")
     assert first["l2"] == second["l2"]

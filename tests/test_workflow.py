@@ -293,7 +293,7 @@ TRAINED_TRANSFORMERS = {"micro_dnd", "micro_1d", "micro_parallel", "micro_vertic
 
 @pytest.mark.parametrize("module, expected", [
     # the table code: the tables and nothing else
-    ("dnd/report/tables.py", {("make_table1a", ""), ("make_table1b", ""), ("make_table2", ""), ("make_table3", ""),
+    ("dnd/report/common.py", {("make_table1a", ""), ("make_table1b", ""), ("make_table2", ""), ("make_table3", ""),
                               ("make_richtext_table", "")}),
     ("dnd/report/generation.py", {("make_table2", ""), ("make_table3", "")}),
     # how stages run: nothing

@@ -1,6 +1,6 @@
 """Tables 2 and 3 (class-conditional generation) from the metrics JSONs of `evaluate_generation`.
 
-Same conventions as `dnd.report.tables`: one row per (model, cfg scale) or per variant, `n/a` where a metric
+Same conventions as the other tables (`dnd.report.common`): one row per (model, cfg scale) or per variant, `n/a` where a metric
 cannot run, a `note` column saying why. `demo_classifier_acc` / `demo_classifier_conf` are the accuracy
 and mean intended-class probability of a small CNN trained on the real training images, applied to the
 samples: a weight-free stand-in that says whether samples look like their class, not FID. Which
@@ -10,15 +10,13 @@ provenance record.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
-from dnd.atomic import atomic_path
 from dnd.metrics.inception import WEIGHTS_SETTING
-from dnd.report.tables import NA
+from dnd.report.common import NA, fmt, fmt_setting, join_notes, load_metrics, plot_bars, pyplot, save_figure, write_csv
 
 VARIANT_ORDER = ("1d", "parallel", "vertical", "dnd")  # the paper's Table 3 row order
 # Table 3 of the paper, best first by FID (2.58 / 3.18 / 4.12 / 6.32; IS ranks them the same way).
@@ -36,14 +34,6 @@ AXIS_LABELS = {
 }
 
 
-def _load(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    return [json.loads(Path(p).read_text()) for p in paths]
-
-
-def _number(value: float | None, digits: int) -> str:
-    return NA if value is None else f"{value:.{digits}f}"
-
-
 def format_params(count: int | None) -> str:
     """1_400_000_000 -> "1.4B", 2_345_678 -> "2.3M", 85_000 -> "85.0K" (the paper writes 1.4B, 675M)."""
     if count is None:
@@ -57,12 +47,12 @@ def format_params(count: int | None) -> str:
 def _metric_cells(m: dict[str, Any]) -> dict[str, str]:
     classifier = m.get("classifier") or {}
     return {
-        "FID": _number(m.get("fid"), 2),
-        "IS": _number(m.get("is"), 1),
-        "precision": _number(m.get("precision"), 2),
-        "recall": _number(m.get("recall"), 2),
-        CLASSIFIER_ACC: _number(classifier.get("accuracy"), 3),
-        CLASSIFIER_CONF: _number(classifier.get("confidence"), 3),
+        "FID": fmt(m.get("fid"), 2),
+        "IS": fmt(m.get("is"), 1),
+        "precision": fmt(m.get("precision"), 2),
+        "recall": fmt(m.get("recall"), 2),
+        CLASSIFIER_ACC: fmt(classifier.get("accuracy"), 3),
+        CLASSIFIER_CONF: fmt(classifier.get("confidence"), 3),
     }
 
 
@@ -87,16 +77,16 @@ def _row(m: dict[str, Any], notes: dict[str, str]) -> dict[str, Any]:
         "variant": m.get("variant") or NA,
         "model": m["model"],
         "params": format_params(m.get("params")),
-        "cfg": NA if m.get("cfg_scale") is None else f"{m['cfg_scale']:g}",
+        "cfg": fmt_setting(m.get("cfg_scale")),
         **_metric_cells(m),
         "n_samples": m["n_samples"],
-        "note": "; ".join(filter(None, [notes.get(m["model"], ""), _automatic_note(m)])),
+        "note": join_notes(notes.get(m["model"], ""), _automatic_note(m)),
     }
 
 
 def table2(metric_jsons: Sequence[Path], notes: dict[str, str]) -> pd.DataFrame:
     """Rows: model × cfg scale (models in the order given, cfg ascending); `notes` by model name."""
-    metrics = _load(metric_jsons)
+    metrics = load_metrics(metric_jsons)
     model_order = list(dict.fromkeys(m["model"] for m in metrics))
     metrics.sort(key=lambda m: (model_order.index(m["model"]), m.get("cfg_scale") or 0.0))
     return pd.DataFrame([_row(m, notes) for m in metrics], columns=TABLE2_COLUMNS)
@@ -106,7 +96,7 @@ def table3(
     metric_jsons: Sequence[Path], variant_order: Sequence[str] = VARIANT_ORDER, notes: dict[str, str] | None = None
 ) -> pd.DataFrame:
     """Rows: one per variant in `variant_order`, all sampled with the same settings (else ValueError)."""
-    metrics = _load(metric_jsons)
+    metrics = load_metrics(metric_jsons)
     variants = [m.get("variant") for m in metrics]
     unknown = [v for v in variants if v not in variant_order]
     if unknown or len(set(variants)) != len(variants):
@@ -152,7 +142,7 @@ def order_note(frame: pd.DataFrame, metric: str) -> str:
 def row_provenance(metric_jsons: Sequence[Path]) -> list[dict[str, Any]]:
     """For each metrics file: the evaluator, Inception weights (path, sha256) and reference behind its numbers."""
     rows = []
-    for path, m in zip(metric_jsons, _load(metric_jsons)):
+    for path, m in zip(metric_jsons, load_metrics(metric_jsons)):
         provenance = m.get("provenance", {})
         reference = provenance.get("reference", {})
         rows.append({
@@ -175,10 +165,7 @@ def row_provenance(metric_jsons: Sequence[Path]) -> list[dict[str, Any]]:
 
 def plot_fid_vs_cfg(frame: pd.DataFrame, path: Path) -> None:
     """FID against the cfg scale, one line per model; the classifier accuracy, labelled so, when FID is n/a."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     metric = headline_metric(frame)
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
@@ -194,17 +181,12 @@ def plot_fid_vs_cfg(frame: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel(AXIS_LABELS[metric], fontsize=9)
     ax.set_title("Table 2: " + ("FID" if metric == "FID" else "classifier accuracy") + " vs cfg scale")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_generation_table(table: str, metrics: list[Path], spec: dict[str, Any], out: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Table 2 (models × cfg scale, with FID-vs-cfg plot) or Table 3 (the four variants, with a bar plot and a
     note on whether the paper's order shows); returns the frame and what the provenance record adds."""
-    from dnd.report.tables import plot_bars, write_csv
-
     notes = spec.get("notes", {})
     frame = table2(metrics, notes) if table == "table2" else table3(metrics, notes=notes)
     extra: dict[str, Any] = {"rows": row_provenance(metrics)}
@@ -212,8 +194,8 @@ def write_generation_table(table: str, metrics: list[Path], spec: dict[str, Any]
         metric = headline_metric(frame)
         extra["order_note"] = order_note(frame, metric)
         frame["note"] = [f"{n}; {extra['order_note']}" if n else extra["order_note"] for n in frame["note"]]
-        plot_bars(frame.rename(columns={"model": "tokenizer"}).assign(tokenizer=frame["variant"]),
-                  [metric], f"Table 3: the four variants ({metric})", metric, out.with_suffix(".png"))
+        plot_bars(frame, "variant", [metric], f"Table 3: the four variants ({metric})", AXIS_LABELS.get(metric, metric),
+                  out.with_suffix(".png"))
     else:
         plot_fid_vs_cfg(frame, out.with_suffix(".png"))
     write_csv(frame, out)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
-from dnd.atomic import atomic_path
-from dnd.report.tables import NA, stack_images, write_csv
+from dnd.report.common import NA, fmt, fmt_setting, join_notes, load_metrics, pyplot, save_figure, stack_images, write_csv
 
 REFERENCE_MODEL = "training images"  # the reference row's model name (dnd.stages.richtext writes it)
 TABLE_COLUMNS = ["model", "sampling", "dataset", "temperature", "PPL_OCR", "words_per_image", "empty_ocr", "n_images",
@@ -20,17 +18,13 @@ LOG_SCALE_SPREAD = 20.0  # plot PPL-OCR on a log axis when the largest value is 
 
 
 
-def _number(value: float | None, digits: int) -> str:
-    return NA if value is None else f"{value:.{digits}f}"
-
-
 def _automatic_note(m: dict[str, Any]) -> str:
     parts = [m.get("note", "")]
     if m["ppl_ocr"] is None:
         parts.append(f"PPL-OCR n/a: {m.get('ppl_ocr_na_reason', 'no OCR text')}")
     elif m["empty_ocr"]:
         parts.append(f"{m['empty_ocr']} of {m['n_images']} images with no OCR text, left out of PPL-OCR")
-    return "; ".join(filter(None, parts))
+    return join_notes(*parts)
 
 
 def _row(m: dict[str, Any], notes: dict[str, str]) -> dict[str, Any]:
@@ -38,21 +32,21 @@ def _row(m: dict[str, Any], notes: dict[str, str]) -> dict[str, Any]:
         "model": m["model"],
         "sampling": m.get("sampling_name") or NA,
         "dataset": m["dataset"],
-        "temperature": NA if m.get("temperature") is None else f"{m['temperature']:g}",
-        "PPL_OCR": _number(m["ppl_ocr"], 1),
-        "words_per_image": _number(m["words_per_image"], 1),
+        "temperature": fmt_setting(m.get("temperature")),
+        "PPL_OCR": fmt(m["ppl_ocr"], 1),
+        "words_per_image": fmt(m["words_per_image"], 1),
         "empty_ocr": m["empty_ocr"],
         "n_images": m["n_images"],
         "ocr_backend": m["ocr_backend"],
         "language_model": m["language_model"],
-        "note": "; ".join(filter(None, [notes.get(m["model"], ""), _automatic_note(m)])),
+        "note": join_notes(notes.get(m["model"], ""), _automatic_note(m)),
     }
 
 
 def richtext_table(metric_jsons: list[Path], notes: dict[str, str]) -> pd.DataFrame:
     """One row per (model, sampling): the reference first, then models in the order given, temperature
     ascending within a model; `notes` by model name."""
-    metrics = [json.loads(Path(p).read_text()) for p in metric_jsons]
+    metrics = load_metrics(metric_jsons)
     model_order = list(dict.fromkeys(m["model"] for m in metrics))
 
     def key(m: dict[str, Any]) -> tuple[bool, int, float]:
@@ -65,10 +59,7 @@ def richtext_table(metric_jsons: list[Path], notes: dict[str, str]) -> pd.DataFr
 def plot_ppl_by_temperature(frame: pd.DataFrame, path: Path) -> None:
     """PPL-OCR against sampling temperature: a line per model sampled at temperatures; models without one
     (DDPM) and the training images as horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     data = frame.assign(x=pd.to_numeric(frame["temperature"], errors="coerce"),
@@ -100,10 +91,7 @@ def plot_ppl_by_temperature(frame: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel(f"PPL-OCR: {lms} perplexity\nof {ocrs} text (lower is better)", fontsize=9)
     ax.set_title("Rich-text generation: PPL-OCR vs temperature")
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def stack_grids(sample_dirs: Sequence[Path], labels: Sequence[str], path: Path) -> None:

@@ -1,7 +1,8 @@
-"""Reconstruction metrics of a tokenizer on a test set: L2, code usage per depth, rOCR, rFID.
+"""Reconstruction metrics of Table 1 on a test set: L2, code usage per depth, rOCR, rFID, a recon grid.
 
-The "original" pseudo-tokenizer returns the images unchanged: its rOCR is the OCR engine's own
-ceiling on that test set, the reference row of Table 1b.
+One evaluator (`measure_reconstruction`) over a `reconstruct(batch)` callable serves every row: an RQ-VAE
+by depth, a pretrained continuous VAE (`dnd.stages.vae_recon`), and the "original" pseudo-tokenizer that
+returns the images unchanged — its rOCR is the OCR engine's own ceiling, the reference row of Table 1b.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from dnd.provenance import record
 
 log = logging.getLogger("dnd.recon")
 ORIGINAL = "original"
+GRID_IMAGES = 4  # test images (columns) in a recon grid
 
 
 @dataclass
@@ -53,49 +55,86 @@ def code_usage(counts: np.ndarray) -> tuple[list[float], list[float]]:
     return usage, entropy
 
 
+@dataclass
+class ReconBatch:
+    """What a reconstructor returns for one batch of test images."""
+
+    images: torch.Tensor  # (B, C, H, W) in [-1, 1], the reconstructions
+    codes: torch.Tensor | None = None  # (B, h, w, D): a discrete tokenizer's codes, for code usage per depth
+    grid_rows: list[torch.Tensor] = field(default_factory=list)  # recon-grid rows under the originals (when asked)
+
+
+# reconstruct(batch, with_grid) → ReconBatch: an RQ-VAE by depth, a continuous VAE, or the identity
+Reconstruct = Callable[[torch.Tensor, bool], ReconBatch]
+
+
+def measure_reconstruction(reconstruct: Reconstruct, data: ImageShardDataset, batch_size: int, device: torch.device,
+                           codebook_size: int | None, cfg: ReconEvalConfig, out: Path) -> dict[str, Any]:
+    """The metrics every Table 1 row shares, over the first `len(data)` test images: L2, code usage per depth
+    (when the reconstructor returns codes), rOCR, rFID; the recon grid of the first batch beside `out`."""
+    texts = data.meta["text"][: len(data)]
+    originals, recons, sq_errors, grid_rows = [], [], [], []
+    counts = None
+    for start in range(0, len(data), batch_size):
+        batch = torch.stack([data[i] for i in range(start, min(start + batch_size, len(data)))]).to(device)
+        with torch.no_grad():
+            result = reconstruct(batch, start == 0)
+        if result.codes is not None:
+            depth = result.codes.shape[-1]
+            batch_counts = np.stack([np.bincount(result.codes[..., d].flatten().cpu().numpy(), minlength=codebook_size)
+                                     for d in range(depth)])
+            counts = batch_counts if counts is None else counts + batch_counts
+        if start == 0 and result.grid_rows:
+            grid_rows = [batch[:GRID_IMAGES], *result.grid_rows]
+        sq_errors.append(((result.images - batch) ** 2).flatten(1).mean(1).cpu())
+        originals.append(to_uint8(batch))
+        recons.append(to_uint8(result.images))
+    metrics: dict[str, Any] = {
+        "n_images": len(data),
+        "l2": float(torch.cat(sq_errors).mean()),
+        "l2_definition": "mean squared error per pixel, images scaled to [-1, 1]",
+    }
+    if counts is not None:
+        usage, entropy = code_usage(counts)
+        metrics |= {"code_usage": usage, "code_entropy_bits": entropy}
+    recon_uint8 = np.concatenate(recons)
+    metrics |= ocr_metrics(recon_uint8, texts, cfg)
+    metrics |= rfid_metrics(np.concatenate(originals), recon_uint8, cfg, device)
+    if grid_rows:
+        save_recon_grid(grid_rows, out.with_suffix(".png"))
+    return metrics
+
+
+def rqvae_reconstructor(model: Any) -> Reconstruct:
+    """Encode, decode from all D depths; the grid shows the decodes from the first 1..D depths."""
+    def reconstruct(batch: torch.Tensor, with_grid: bool) -> ReconBatch:
+        codes = model.encode(batch)
+        rows = [model.decode(codes[:GRID_IMAGES], depth=d).clamp(-1, 1) for d in range(1, model.config.depth + 1)] if with_grid else []
+        return ReconBatch(model.decode(codes).clamp(-1, 1), codes, rows)
+
+    return reconstruct
+
+
+def identity_reconstructor(batch: torch.Tensor, with_grid: bool) -> ReconBatch:
+    """The 'original' row: the test images themselves (its rOCR is the OCR engine's ceiling)."""
+    return ReconBatch(batch)
+
+
 def evaluate_reconstruction(tokenizer: Path | None, testset: Path, out: Path, cfg: ReconEvalConfig, names: dict[str, str]) -> dict[str, Any]:
+    """A tokenizer's row (or, with `tokenizer` None, the 'original' row) of Table 1 on one test set → `out`."""
     from dnd.tokenizer.rqvae import load_tokenizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_tokenizer(tokenizer, device) if tokenizer is not None else None
     channels = model.config.in_channels if model is not None else 3
     data = ImageShardDataset([testset], "test", channels, resolution=None, limit=cfg.max_images)
-    texts = data.meta["text"][: len(data)]
-    originals, recons, sq_errors = [], [], []
-    counts = None
-    grid_rows: list[torch.Tensor] = []
-    for start in range(0, len(data), cfg.batch_size):
-        batch = torch.stack([data[i] for i in range(start, min(start + cfg.batch_size, len(data)))]).to(device)
-        if model is None:
-            recon = batch
-        else:
-            with torch.no_grad():
-                codes = model.encode(batch)
-                recon = model.decode(codes).clamp(-1, 1)
-            depth, size = model.config.depth, model.config.codebook_size
-            batch_counts = np.stack([np.bincount(codes[..., d].flatten().cpu().numpy(), minlength=size) for d in range(depth)])
-            counts = batch_counts if counts is None else counts + batch_counts
-            if start == 0:
-                grid_rows = [batch[:4]] + [model.decode(codes[:4], depth=d).clamp(-1, 1) for d in range(1, depth + 1)]
-        sq_errors.append(((recon - batch) ** 2).flatten(1).mean(1).cpu())
-        originals.append(to_uint8(batch))
-        recons.append(to_uint8(recon))
-    result: dict[str, Any] = {
-        "tokenizer": names["tokenizer"],
-        "testset": names["testset"],
-        "n_images": len(data),
-        "l2": float(torch.cat(sq_errors).mean()) if model is not None else 0.0,
-        "l2_definition": "mean squared error per pixel, images scaled to [-1, 1]",
-    }
-    if counts is not None:
-        usage, entropy = code_usage(counts)
-        result |= {"depth": model.config.depth, "codebook_size": model.config.codebook_size,
-                   "code_usage": usage, "code_entropy_bits": entropy}
-    recon_uint8 = np.concatenate(recons)
-    result |= ocr_metrics(recon_uint8, texts, cfg)
-    result |= rfid_metrics(np.concatenate(originals), recon_uint8, cfg, device)
-    if grid_rows:
-        save_recon_grid(grid_rows, out.with_suffix(".png"))
+    result: dict[str, Any] = {"tokenizer": names["tokenizer"], "testset": names["testset"]}
+    if model is None:
+        result |= measure_reconstruction(identity_reconstructor, data, cfg.batch_size, device, None, cfg, out)
+    else:
+        result |= {"depth": model.config.depth, "codebook_size": model.config.codebook_size}
+        result |= measure_reconstruction(rqvae_reconstructor(model), data, cfg.batch_size, device,
+                                         model.config.codebook_size, cfg, out)
         result["grid"] = "originals, then depth 1..D"
     result["provenance"] = record("evaluate_reconstruction", asdict(cfg), tokenizer=str(tokenizer), testset=str(testset))
     write_json(out, result)

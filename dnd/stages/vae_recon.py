@@ -16,15 +16,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dnd.atomic import write_json
 from dnd.config import ConfigError
 from dnd.data import shards
-from dnd.data.images import ImageShardDataset, to_uint8
+from dnd.data.images import ImageShardDataset
 from dnd.provenance import record
-from dnd.stages.recon import ReconEvalConfig, ocr_metrics, rfid_metrics, save_recon_grid
+from dnd.stages.recon import GRID_IMAGES, ReconBatch, ReconEvalConfig, measure_reconstruction
 
 log = logging.getLogger("dnd.recon.vae")
 
@@ -32,7 +31,6 @@ CONFIG_KEY = "evaluation.recon.reference_vaes"
 VAE_CLASS = "AutoencoderKL"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes with one colour channel
-GRID_ROWS = 4  # images in the recon grid
 
 
 @dataclass
@@ -104,36 +102,24 @@ def evaluate_vae_reconstruction(name: str, vae_cfg: ReferenceVAEConfig, testset:
         raise ValueError(f"no test images in {testset}")
     channels = 1 if shards.decode_png(first["png"]).mode in GRAY_MODES else 3  # the test set's own channels: L2 on those
     data = ImageShardDataset([testset], "test", channels, resolution=None, limit=cfg.max_images)
-    texts = data.meta["text"][: len(data)]
     generator = torch.Generator("cpu").manual_seed(vae_cfg.seed) if vae_cfg.latent == "sample" else None  # same draws on any device
-    batch_size = vae_cfg.batch_size or cfg.batch_size
-    originals, recons, sq_errors, grid_rows = [], [], [], []
-    for start in range(0, len(data), batch_size):
-        batch = torch.stack([data[i] for i in range(start, min(start + batch_size, len(data)))]).to(device)
+
+    def reconstruct(batch: torch.Tensor, with_grid: bool) -> ReconBatch:
         recon = _reconstruct(vae, batch, vae_cfg, generator)
-        if start == 0:
-            grid_rows = [batch[:GRID_ROWS], recon[:GRID_ROWS]]
-        sq_errors.append(((recon - batch) ** 2).flatten(1).mean(1).cpu())
-        originals.append(to_uint8(batch))
-        recons.append(to_uint8(recon))
-    recon_uint8 = np.concatenate(recons)
+        return ReconBatch(recon, grid_rows=[recon[:GRID_IMAGES]] if with_grid else [])
+
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     result: dict[str, Any] = {
         "tokenizer": name,
         "testset": testset_name,
-        "n_images": len(data),
         "kind": "continuous_vae",
         "latent_channels": vae.config.latent_channels,
         "downsample_factor": factor,
         "latent": vae_cfg.latent,
-        "l2": float(torch.cat(sq_errors).mean()),
-        "l2_definition": "mean squared error per pixel, images scaled to [-1, 1]",
         "code_usage": None,
         "code_usage_na_reason": "continuous latents: no codebook",
     }
-    result |= ocr_metrics(recon_uint8, texts, cfg)
-    result |= rfid_metrics(np.concatenate(originals), recon_uint8, cfg, device)
-    save_recon_grid(grid_rows, out.with_suffix(".png"))
+    result |= measure_reconstruction(reconstruct, data, vae_cfg.batch_size or cfg.batch_size, device, None, cfg, out)
     result["grid"] = "originals, then the VAE's reconstruction"
     result["provenance"] = record("evaluate_vae_reconstruction", {"recon": asdict(cfg), "vae": asdict(vae_cfg)},
                                   vae=name, testset=str(testset), vae_class=VAE_CLASS, vae_dtype=vae_cfg.dtype)

@@ -1,5 +1,5 @@
-"""The paper's tables as CSV (one row per model, `n/a` where a metric cannot run, a `note` column
-saying why or what differs from the paper), each with a PNG plot beside it."""
+"""Table 1: reconstruction of the tokenizers (1a: the class-labelled set; 1b: rOCR on Text256, Text512,
+arXiv512), one row per tokenizer or VAE, `n/a` where a metric cannot run and a `note` saying why."""
 
 from __future__ import annotations
 
@@ -9,25 +9,11 @@ from typing import Any
 
 import pandas as pd
 
-from dnd.atomic import atomic_path
 from dnd.config import ConfigError
+from dnd.report.common import NA, fmt, join_notes, load_metrics, plot_bars, stack_images, write_csv
 
-NA = "n/a"
 TESTSET_ORDER = ("text256", "text512", "arxiv512")  # the paper's column order
 RFID_NA = "rFID n/a: no Inception weights configured (metrics.inception_weights; the metrics JSON says more)"
-
-
-def _load(paths: list[Path]) -> list[dict[str, Any]]:
-    return [json.loads(Path(p).read_text()) for p in paths]
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return NA if value is None else f"{value:.{digits}f}"
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def _continuous_note(m: dict[str, Any]) -> str:
@@ -40,21 +26,20 @@ def _continuous_note(m: dict[str, Any]) -> str:
 def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
     """Rows: tokenizers on the class-labelled test set; rFID, L2, code usage (mean and per depth)."""
     rows = []
-    for m in _load(metrics):
+    for m in load_metrics(metrics):
         usage = m.get("code_usage") or []
         rows.append({
             "tokenizer": m["tokenizer"],
             "testset": m["testset"],
             "depth": m.get("depth", NA),
             "codebook_size": m.get("codebook_size", NA),
-            "rFID": _fmt(m.get("rfid"), 2),
-            "L2": _fmt(m["l2"]),
-            "code_usage": _fmt(sum(usage) / len(usage) if usage else None, 3),
+            "rFID": fmt(m.get("rfid"), 2),
+            "L2": fmt(m["l2"]),
+            "code_usage": fmt(sum(usage) / len(usage) if usage else None, 3),
             "code_usage_per_depth": "/".join(f"{u:.2f}" for u in usage) or NA,
             "code_entropy_bits_per_depth": "/".join(f"{e:.2f}" for e in m.get("code_entropy_bits", [])) or NA,
             "n_images": m["n_images"],
-            "note": "; ".join(filter(None, [notes.get(m["tokenizer"], ""), _continuous_note(m),
-                                            RFID_NA if m.get("rfid") is None else ""])),
+            "note": join_notes(notes.get(m["tokenizer"], ""), _continuous_note(m), RFID_NA if m.get("rfid") is None else ""),
         })
     return pd.DataFrame(rows)
 
@@ -62,9 +47,9 @@ def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
 def table1b(metrics: list[Path], columns: dict[str, str], notes: dict[str, str]) -> pd.DataFrame:
     """Rows: tokenizers; one rOCR column per test set (`columns`: test set → column name)."""
     by_row: dict[str, dict[str, Any]] = {}
-    for m in _load(metrics):
+    for m in load_metrics(metrics):
         row = by_row.setdefault(m["tokenizer"], {"tokenizer": m["tokenizer"]})
-        row[columns[m["testset"]]] = _fmt(m.get("rocr"), 3)
+        row[columns[m["testset"]]] = fmt(m.get("rocr"), 3)
         row.setdefault("ocr_backend", m.get("ocr_backend", NA))
         row.setdefault("n_images", {})[columns[m["testset"]]] = m["n_images"]
         row["auto_note"] = _continuous_note(m)
@@ -72,45 +57,8 @@ def table1b(metrics: list[Path], columns: dict[str, str], notes: dict[str, str])
     names = [columns[t] for t in TESTSET_ORDER if t in columns]
     # in the columns' order, whatever the order of the metrics files (or of the config's keys)
     frame["n_images"] = frame["n_images"].map(lambda d: " ".join(f"{k}:{d[k]}" for k in [*names, *sorted(set(d) - set(names))] if k in d))
-    frame["note"] = ["; ".join(filter(None, [notes.get(t, ""), auto])) for t, auto in zip(frame["tokenizer"], frame["auto_note"])]
+    frame["note"] = [join_notes(notes.get(t, ""), auto) for t, auto in zip(frame["tokenizer"], frame["auto_note"])]
     return frame[["tokenizer", *names, "ocr_backend", "n_images", "note"]]
-
-
-def plot_bars(frame: pd.DataFrame, value_columns: list[str], title: str, ylabel: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    numeric = frame.set_index("tokenizer")[value_columns].apply(pd.to_numeric, errors="coerce")
-    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(numeric), 3.6))
-    numeric.plot.bar(ax=ax, rot=20)
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
-def stack_images(paths: list[Path], labels: list[str], path: Path) -> None:
-    """One figure of recon grids (originals, then depth 1..D) with a label above each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    fig, axes = plt.subplots(len(paths), 1, figsize=(8, 3 * len(paths)), squeeze=False)
-    for ax, image_path, label in zip(axes[:, 0], paths, labels):
-        ax.imshow(Image.open(image_path), cmap="gray")
-        ax.set_title(label, fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
 def write_table1(table: str, metrics: list[Path], spec: dict[str, Any], out: Path) -> pd.DataFrame:
@@ -119,10 +67,10 @@ def write_table1(table: str, metrics: list[Path], spec: dict[str, Any], out: Pat
     notes = spec.get("notes", {})
     if table == "table1a":
         frame = table1a(metrics, notes)
-        plot_bars(frame, ["L2", "code_usage"], "Table 1a: reconstruction on the class-labelled test set", "value", out.with_suffix(".png"))
+        plot_bars(frame, "tokenizer", ["L2", "code_usage"], "Table 1a: reconstruction on the class-labelled test set", "value", out.with_suffix(".png"))
     else:
         frame = table1b(metrics, spec["columns"], notes)
-        plot_bars(frame, [c for c in frame.columns if c in spec["columns"].values()],
+        plot_bars(frame, "tokenizer", [c for c in frame.columns if c in spec["columns"].values()],
                   "Table 1b: rOCR of reconstructions (higher is better)", "ROUGE-L F", out.with_suffix(".png"))
     write_csv(frame, out)
     grids = [m.with_suffix(".png") for m in metrics if m.with_suffix(".png").exists()]
