@@ -121,6 +121,24 @@ def test_sampling_writes_the_adm_batch_and_is_deterministic(trained, tokenizer, 
     assert shards.decode_png((tmp_path / "a" / "grid.png").read_bytes()).size[0] > 0
 
 
+def test_the_sampler_compiles_its_decode_step_on_gpu_only(trained, tokenizer, tmp_path, monkeypatch):
+    """`dnd sample` takes the compiled decode step (CUDA graphs) on a GPU and the eager one on a CPU, unless
+    the sampling config says otherwise; the compiled step is the one `bench_sampling.py` measures."""
+    import importlib
+
+    generate_module = importlib.import_module("dnd.transformer.generate")  # the package re-exports a function of that name
+
+    assert SampleSpec().compiled_on(torch.device("cuda")) and not SampleSpec().compiled_on(torch.device("cpu"))
+    assert not SampleSpec(compile=False).compiled_on(torch.device("cuda"))
+    assert SampleSpec(compile=True).compiled_on(torch.device("cpu"))
+    seen = []
+    real = generate_module.generate
+    monkeypatch.setattr(generate_module, "generate", lambda *a, compile=False, **k: seen.append(compile) or real(*a, **k))
+    spec = SampleSpec.from_dict({"per_class": 1, "batch_size": 4, "save_png": False})
+    sample_images(trained, tokenizer, spec, tmp_path / "out", tmp_path / "work", {"model": "t", "sampling": "s"})
+    assert seen and not any(seen)  # this machine: CPU, eager
+
+
 def _ddp_worker(rank: int, world: int, port: int, codes_dir, out, work) -> None:
     import torch.distributed as dist
 

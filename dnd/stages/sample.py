@@ -36,6 +36,12 @@ class SampleSpec:
     batch_size: int = 32
     shards: int = 1  # the unit of parallelism (local processes or array tasks)
     save_png: bool = True  # also one PNG per image under png/
+    # The decode step under torch.compile (CUDA graphs): None = on GPU only, where per-kernel launch cost
+    # dominates a one-position step; eager on CPU, where compiling costs more than it saves.
+    compile: bool | None = None
+
+    def compiled_on(self, device: torch.device) -> bool:
+        return self.compile if self.compile is not None else device.type == "cuda"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "SampleSpec":
@@ -73,7 +79,7 @@ def sample_shard(task: SampleShardTask) -> dict[str, Any]:
         cfg = SamplingConfig(**{**asdict(task.spec.sampling), "seed": seed})
         conditioning = torch.tensor(labels, device=device) if labels[0] >= 0 else len(labels)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            codes = generate(model, conditioning, cfg)
+            codes = generate(model, conditioning, cfg, compile=task.spec.compiled_on(device))
         with torch.no_grad():
             images.append(to_uint8(decoder.decode(codes).clamp(-1, 1).float()))
     seconds = time.perf_counter() - start_time
