@@ -269,12 +269,14 @@ def cmd_train_ddpm(args: argparse.Namespace) -> None:
 
 
 def cmd_sample_ddpm(args: argparse.Namespace) -> None:
+    from dnd.baselines.ddpm import DDPMSamplingConfig
     from dnd.baselines.ddpm_samples import sample_ddpm_images
 
     raw = _stage_config(args, f"ddpm.{args.name}.sampling")
+    cfg = DDPMSamplingConfig(**raw)
     work = _work_area(args, "sample_ddpm", args.name, raw, [Path(args.model)])
-    sample = partial(sample_ddpm_images, Path(args.model), raw.get("n", 250), raw.get("seed", 0), raw.get("batch_size", 16),
-                     raw.get("num_inference_steps"), Path(args.out), {"model": args.name, "sampling": "ddpm"})
+    sample = partial(sample_ddpm_images, Path(args.model), cfg.n, cfg.seed, cfg.batch_size, cfg.num_inference_steps,
+                     Path(args.out), {"model": args.name, "sampling": "ddpm"})
     run_task("sample_ddpm", sample, work)
 
 

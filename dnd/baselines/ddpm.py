@@ -76,6 +76,16 @@ class DDPMConfig:
         return ddpm_config(preset, **raw) if preset else cls(**raw)
 
 
+@dataclass
+class DDPMSamplingConfig:
+    """`ddpm.<name>.sampling`: how many images `sample_ddpm` draws, and how."""
+
+    n: int = 250  # the paper's PPL-OCR scores 250 images
+    seed: int = 0  # image i is seeded by (seed, i)
+    batch_size: int = 16
+    num_inference_steps: int | None = None  # None: the model's own num_inference_steps
+
+
 PRESETS: dict[str, DDPMConfig] = {
     # Unit tests: 16 px grayscale, two levels, no attention; ≈ 0.16M parameters.
     "tiny": DDPMConfig(resolution=16, block_out_channels=(16, 32), layers_per_block=1, attention_resolutions=(),
