@@ -23,7 +23,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # How a stage runs, never what it computes (prefixes: a package covers its submodules).
 RUNTIME_ONLY = (
     "dnd.launch", "dnd.logs", "dnd.provenance", "dnd.atomic", "dnd.workarea", "dnd.digests",
-    "dnd.config", "dnd.cli", "dnd.__main__", "dnd.codeversion",
+    "dnd.config", "dnd.cli", "dnd.commands", "dnd.__main__", "dnd.codeversion",
 )
 
 
@@ -99,12 +99,12 @@ def code_version(entries: list[str] | tuple[str, ...]) -> str:
     return digest.hexdigest()[:12]
 
 
-def command_entries(command: str, cli_source: Path | None = None) -> list[str]:
+def command_entries(command: str, commands_source: Path | None = None) -> list[str]:
     """The `dnd` modules the CLI command `command` (e.g. "train-tokenizer") imports to do its work.
 
-    Read from `cmd_<command>` in `dnd/cli.py`, so a command's wiring names its stage modules once.
+    Read from `cmd_<command>` in `dnd/commands.py`, so a command's wiring names its stage modules once.
     """
-    source = cli_source or PACKAGE_DIR / "cli.py"
+    source = commands_source or PACKAGE_DIR / "commands.py"
     name = "cmd_" + command.replace("-", "_")
     for node in ast.parse(source.read_text()).body:
         if isinstance(node, ast.FunctionDef) and node.name == name:
@@ -116,7 +116,7 @@ def command_entries(command: str, cli_source: Path | None = None) -> list[str]:
                 elif isinstance(inner, ast.Import):
                     entries.update(a.name for a in inner.names if a.name.split(".")[0] == PACKAGE)
             return sorted(e for e in entries if not is_runtime_only(e))
-    raise KeyError(f"dnd/cli.py has no command {command!r} (no function {name})")
+    raise KeyError(f"dnd/commands.py has no command {command!r} (no function {name})")
 
 
 def command_code_version(command: str) -> str:

@@ -10,7 +10,8 @@ import pytest
 
 from dnd.baselines.ddpm import DDPMConfig, DDPMSamplingConfig
 from dnd.config import load_schema
-from dnd.data.labelled import LabelledConfig
+from dnd.data.demo_pdfs import DemoPdfsConfig
+from dnd.data.labelled import DemoDigitsConfig, LabelledConfig
 from dnd.data.pdf import RasterConfig
 from dnd.data.render import RenderConfig
 from dnd.data.splits import SplitConfig
@@ -23,6 +24,7 @@ from dnd.stages.classes import ClassesConfig
 from dnd.stages.gen_eval import GenEvalConfig, ReferenceConfig
 from dnd.stages.pipeline_samples import PipelineSpec
 from dnd.stages.recon import ReconEvalConfig
+from dnd.stages.richtext import RichTextEvalConfig
 from dnd.stages.sample import SampleSpec
 from dnd.stages.text_image import ResizeConfig, TextImageConfig, WikiTextConfig
 from dnd.stages.vae_recon import ReferenceVAEConfig
@@ -43,6 +45,8 @@ STAGES = [
     ("data.arxiv_image.raster", [RasterConfig], {}, {}),
     ("data.classes", [ClassesConfig], {}, {}),
     ("data.classes.image", [LabelledConfig], {}, {}),
+    ("demo.pdfs", [DemoPdfsConfig], {}, {}),
+    ("demo.digits", [DemoDigitsConfig], {}, {}),
     ("$defs.splits", [SplitConfig], {}, {}),
     ("tokenizers.*.model", [RQVAEConfig], {"preset": "names an RQ-VAE preset the other keys override"}, {}),
     ("tokenizers.*.loss", [TokenizerLossConfig], {}, {}),
@@ -58,6 +62,8 @@ STAGES = [
     ("evaluation.classifier", [ClassifierConfig], {}, {}),
     ("metrics.ocr", [OCRConfig], {}, {}),
     ("richtext.ocr", [OCRConfig], {}, {}),
+    ("richtext", [RichTextEvalConfig], {"runs": "the table's rows", "pipelines": "rows of their own (PipelineSpec)",
+                                         "notes": "the table's notes"}, {}),
     ("richtext.language_model", [LMConfig], {}, {}),
     ("richtext.pipelines.*", [PipelineSpec], {}, {}),
     ("ddpm.*", [DDPMConfig], {"data": "the rule's input data sets", "preset": "names a DDPM preset the other keys override",

@@ -300,6 +300,7 @@ TRAINED_TRANSFORMERS = {"micro_dnd", "micro_1d", "micro_parallel", "micro_vertic
     ("dnd/launch/slurm.py", set()),
     ("dnd/provenance.py", set()),
     ("dnd/cli.py", set()),
+    ("dnd/commands.py", set()),
 ])
 def test_code_edit_plans_exactly_the_jobs_it_determines(micro_run, tmp_path, module, expected):
     workdir, _ = micro_run

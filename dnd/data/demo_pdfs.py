@@ -369,6 +369,14 @@ def write_paper(path: Path, rng: random.Random, paper_id: str, n_pages: int, n_c
     doc.close()
 
 
+@dataclass
+class DemoPdfsConfig:
+    """`demo.pdfs`: how many demo papers, and the seed of their deterministic sentence choice."""
+
+    count: int = 6
+    seed: int = 0
+
+
 def write_demo_pdfs(out_dir: Path, n: int = 6, seed: int = 0) -> list[Path]:
     """Write `n` arXiv-like papers named `2410.9NNNNv1.pdf` (2-4 pages, every second one two-column)."""
     out_dir = Path(out_dir)

@@ -101,6 +101,14 @@ def iter_image_folder(root: Path, cfg: LabelledConfig, stats: Counter, log: logg
             yield record
 
 
+@dataclass
+class DemoDigitsConfig:
+    """`demo.digits`: images per class (None = all 1,797) and the side they are upscaled to."""
+
+    per_class: int | None = None
+    size: int = 32
+
+
 def write_digits_image_folder(out_dir: Path, per_class: int | None = None, upscale_to: int = 32) -> Path:
     """scikit-learn's digits (1797 images, 8×8, 10 classes, shipped with the package) as `out_dir/<digit>/<index>.png`.
 

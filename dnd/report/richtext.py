@@ -99,9 +99,10 @@ def stack_grids(sample_dirs: Sequence[Path], labels: Sequence[str], path: Path) 
     stack_images([Path(d) / "grid.png" for d in sample_dirs], list(labels), path)
 
 
-def write_richtext_table(metrics: list[Path], samples: list[Path], notes: dict[str, str], out: Path) -> pd.DataFrame:
-    """The CSV, the PPL-by-temperature figure (`.png`) and the sample grids (`_grids.png`) beside it."""
-    frame = richtext_table(metrics, notes)
+def write_richtext_table(metrics: list[Path], samples: list[Path], spec: dict[str, Any], out: Path) -> pd.DataFrame:
+    """The CSV, the PPL-by-temperature figure (`.png`) and the sample grids (`_grids.png`) beside it;
+    `spec`: the table's settings (`notes` by model name)."""
+    frame = richtext_table(metrics, spec.get("notes", {}))
     plot_ppl_by_temperature(frame, out.with_suffix(".png"))
     stack_grids(samples, [f"{s.parent.name} / {s.name}" for s in samples], out.with_name(out.stem + "_grids.png"))
     write_csv(frame, out)

@@ -53,10 +53,11 @@ class ReferenceConfig:
     use_precomputed_stats: bool = True
 
     @classmethod
-    def from_dict(cls, reference: dict[str, Any], metrics: dict[str, Any]) -> "ReferenceConfig":
-        # `adm_batch` chooses the rule's input (the source), not how the statistics are computed.
-        fields = {k: v for k, v in reference.items() if k != "adm_batch"}
-        return cls(**fields, inception_weights=metrics.get("inception_weights"))
+    def from_params(cls, params: dict[str, Any]) -> "ReferenceConfig":
+        """From the rule's params {reference, metrics}. `adm_batch` chooses the rule's input (the source),
+        not how the statistics are computed."""
+        fields = {k: v for k, v in params.get("reference", {}).items() if k != "adm_batch"}
+        return cls(**fields, inception_weights=params.get("metrics", {}).get("inception_weights"))
 
 
 @dataclass
@@ -67,8 +68,9 @@ class GenEvalConfig:
     pr_k: int = 3  # k of the k-NN manifolds for precision/recall (ADM: 3)
 
     @classmethod
-    def from_dict(cls, gen: dict[str, Any], metrics: dict[str, Any]) -> "GenEvalConfig":
-        return cls(**gen, inception_weights=metrics.get("inception_weights"))
+    def from_params(cls, params: dict[str, Any]) -> "GenEvalConfig":
+        """From the rule's params {generation, metrics}."""
+        return cls(**params.get("generation", {}), inception_weights=params.get("metrics", {}).get("inception_weights"))
 
 
 # ----------------------------------------------------------------- reference statistics

@@ -35,13 +35,12 @@ class ReconEvalConfig:
     inception_weights: str | None = None  # metrics.inception_weights; None → rFID is n/a
 
     @classmethod
-    def from_dict(cls, recon: dict[str, Any], metrics: dict[str, Any]) -> "ReconEvalConfig":
-        return cls(
-            max_images=recon.get("max_images", 16),
-            batch_size=recon.get("batch_size", 8),
-            ocr=OCRConfig(**metrics.get("ocr", {})),
-            inception_weights=metrics.get("inception_weights"),
-        )
+    def from_params(cls, params: dict[str, Any]) -> "ReconEvalConfig":
+        """From the rule's params {recon: evaluation.recon, metrics: metrics}; absent keys take the defaults above
+        (`reference_vaes` are rows of their own, not settings of this evaluation)."""
+        recon = {k: v for k, v in params.get("recon", {}).items() if k != "reference_vaes"}
+        metrics = params.get("metrics", {})
+        return cls(**recon, ocr=OCRConfig(**metrics.get("ocr", {})), inception_weights=metrics.get("inception_weights"))
 
 
 def code_usage(counts: np.ndarray) -> tuple[list[float], list[float]]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -44,6 +44,23 @@ SAMPLES_NAME = "samples.npz"
 SUMMARY_NAME = "summary.json"
 OCR_BATCH = 16  # images decoded and handed to the OCR backend at a time
 PPL_DEFINITION = "exp(total NLL / total scored tokens) of the language model over the non-empty OCR texts"
+
+
+@dataclass
+class RichTextEvalConfig:
+    """What scoring one row of the rich-text table depends on (`richtext` less its rows, notes and pipelines)."""
+
+    dataset: str = "text256"  # the data set the models learn (its name in the table)
+    max_images: int = 250  # OCR'd images per row (the paper: 250)
+    language_model: LMConfig = field(default_factory=LMConfig)
+    ocr: OCRConfig = field(default_factory=OCRConfig)  # PPL-OCR's own OCR (the paper: the VLM)
+
+    TABLE_KEYS = ("runs", "pipelines", "notes")  # the table's, not a row's
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "RichTextEvalConfig":
+        own = {k: v for k, v in params.items() if k not in cls.TABLE_KEYS}
+        return cls(**{**own, "language_model": LMConfig(**own.get("language_model", {})), "ocr": OCRConfig(**own.get("ocr", {}))})
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -178,6 +178,9 @@ class ResizeConfig:
     size: int = 256  # output side (the paper's Text256)
     splits: tuple[str, ...] = ("test",)  # which splits to derive
 
+    def __post_init__(self) -> None:
+        self.splits = tuple(self.splits)
+
 
 def resize_images(cfg: ResizeConfig, in_dir: Path, out_dir: Path) -> dict[str, int]:
     """Lanczos-resize every image of the chosen splits (Text512 → Text256); text and ids are kept."""

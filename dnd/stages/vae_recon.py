@@ -49,6 +49,16 @@ class ReferenceVAEConfig:
             raise ConfigError(f"{CONFIG_KEY}.*.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
 
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any], name: str) -> "ReferenceVAEConfig":
+        """This VAE's settings: the rule passes them as `vae` (its own rerun trigger); a config file lists
+        them all under evaluation.recon.reference_vaes."""
+        vae = params["vae"] if "vae" in params else params.get("recon", {}).get("reference_vaes", {}).get(name)
+        if vae is None:
+            raise ConfigError(f"config key {CONFIG_KEY}.{name} is missing")
+        return cls(**vae)
+
+
 def check_vae_folder(name: str, cfg: ReferenceVAEConfig) -> Path:
     """The model folder, or a ConfigError naming the setting when it is not a diffusers AutoencoderKL."""
     key = f"{CONFIG_KEY}.{name}.path"
