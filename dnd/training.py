@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from dnd.atomic import atomic_path, write_json
+from dnd.device import default_device
 from dnd.provenance import write_provenance
 
 log = logging.getLogger("dnd.training")
@@ -74,11 +75,6 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
-
-
-def default_device(local_rank: int = 0) -> torch.device:
-    """This process's device: GPU `local_rank` of its node (one process per GPU), else the CPU."""
-    return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
 
 
 def join_ranks(batch_size: int, setting: str) -> tuple[int, int, torch.device]:

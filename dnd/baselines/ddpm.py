@@ -28,9 +28,10 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 from torch.utils.data import DataLoader
 
-from dnd.atomic import atomic_path
+from dnd.modelfile import load_model_file, save_model_file
 from dnd.data.images import ImageShardDataset, to_uint8
-from dnd.training import LoopConfig, RunInfo, StepBatchSampler, default_device, run_training, seed_everything
+from dnd.device import default_device
+from dnd.training import LoopConfig, RunInfo, StepBatchSampler, run_training, seed_everything
 
 log = logging.getLogger("dnd.baselines.ddpm")
 
@@ -194,17 +195,13 @@ def update_ema(ema: UNet2DModel, model: UNet2DModel, decay: float) -> None:
 
 
 def save_ddpm(path: Path, ema: UNet2DModel, cfg: DDPMConfig, **extra: Any) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"config": asdict(cfg), "state_dict": ema.state_dict(), "ema": True, **extra}, tmp)
+    save_model_file(path, cfg, ema.state_dict(), ema=True, **extra)
 
 
 def load_ddpm(path: Path, device: str | torch.device = "cpu") -> tuple[UNet2DModel, DDPMConfig]:
     """The EMA network (in eval mode) and the config it was trained with."""
-    payload = torch.load(path, map_location=device, weights_only=False)
-    cfg = DDPMConfig(**payload["config"])
-    model = build_unet(cfg)
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), cfg
+    model, payload = load_model_file(path, lambda config: build_unet(DDPMConfig(**config)), device)
+    return model, DDPMConfig(**payload["config"])
 
 
 class DDPMTrainer:

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from dnd.atomic import atomic_dir, write_json
 from dnd.data.images import save_grid
 from dnd.metrics.adm import write_adm_batch
 from dnd.provenance import file_sha256, write_provenance
+from dnd.device import default_device
 
 log = logging.getLogger("dnd.baselines.ddpm_samples")
 SAMPLES_NAME = "samples.npz"
@@ -34,7 +34,7 @@ def sample_ddpm_images(model_path: Path, n: int, seed: int, batch_size: int, num
 
     model, cfg = load_ddpm(model_path, "cpu")
     steps = num_inference_steps or cfg.num_inference_steps
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device().type
     start_time = time.perf_counter()
     images = sample_ddpm(model_path, n, seed, batch_size, steps, device=device)  # (N, H, W, C) uint8
     seconds = time.perf_counter() - start_time

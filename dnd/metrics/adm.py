@@ -18,9 +18,10 @@ reference statistics are the ones precomputed by the TF graph or our own from `a
 from __future__ import annotations
 
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -46,8 +47,7 @@ class AdmBatch:
 
     def iter_images(self, batch_size: int) -> Iterator[np.ndarray]:
         """Stream arr_0 in (b, H, W, 3) uint8 chunks; a 50k-image batch never sits in memory whole."""
-        with zipfile.ZipFile(self.path) as archive, archive.open(f"{IMAGES_KEY}.npy") as member:
-            shape, dtype = _read_npy_header(member)
+        with open_images(self.path) as (member, shape, dtype):
             image_bytes = int(np.prod(shape[1:])) * dtype.itemsize
             for start in range(0, shape[0], batch_size):
                 count = min(batch_size, shape[0] - start)
@@ -57,15 +57,28 @@ class AdmBatch:
                 yield np.frombuffer(raw, dtype=dtype).reshape(count, *shape[1:])
 
 
-def _read_npy_header(member) -> tuple[tuple[int, ...], np.dtype]:
-    version = np.lib.format.read_magic(member)
-    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    if version not in read_header:
-        raise ValueError(f"arr_0 uses .npy format version {version}; expected 1.0 or 2.0")
-    shape, fortran_order, dtype = read_header[version](member)
-    if fortran_order or dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
-        raise ValueError(f"arr_0 must be C-ordered uint8 (N, H, W, 3), got {dtype} {shape} fortran={fortran_order}")
-    return shape, dtype
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+@contextmanager
+def open_images(path: Path, channels: tuple[int, ...] = (3,)) -> Iterator[tuple[Any, tuple[int, ...], np.dtype]]:
+    """arr_0 of a batch, opened inside its .npz and positioned at its first image, with its shape and dtype:
+    C-ordered uint8 (N, H, W, C) with C in `channels` (the ADM layout: 3; the sampler's gray demo sets: 1)."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{IMAGES_KEY}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        if version not in NPY_HEADER_READERS:
+            raise ValueError(f"{path}: arr_0 uses .npy format version {version}; expected 1.0 or 2.0")
+        shape, fortran_order, dtype = NPY_HEADER_READERS[version](member)
+        if fortran_order or dtype != np.uint8 or len(shape) != 4 or shape[-1] not in channels:
+            raise ValueError(f"{path}: arr_0 must be C-ordered uint8 (N, H, W, {' or '.join(map(str, channels))}), "
+                             f"got {dtype} {shape} fortran={fortran_order}")
+        yield member, tuple(shape), dtype
+
+
+def read_images_header(path: Path, channels: tuple[int, ...] = (3,)) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of arr_0 from its .npy header, without loading the images."""
+    with open_images(path, channels) as (_, shape, dtype):
+        return shape, dtype
 
 
 def read_adm_batch(path: Path) -> AdmBatch:
@@ -75,8 +88,7 @@ def read_adm_batch(path: Path) -> AdmBatch:
         if IMAGES_KEY not in keys:
             raise ValueError(f"{path} is not an ADM batch: no {IMAGES_KEY} (keys: {sorted(keys)})")
         labels = data[LABELS_KEY] if LABELS_KEY in keys else None
-        with zipfile.ZipFile(path) as archive, archive.open(f"{IMAGES_KEY}.npy") as member:
-            shape, _ = _read_npy_header(member)
+        shape, _ = read_images_header(path)
         num_images = shape[0]
 
         def stats(mu_key: str, sigma_key: str) -> FeatureStats | None:

@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import json
 import logging
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 from dnd.atomic import atomic_path, write_json
 from dnd.data.shards import decode_png, iter_records
-from dnd.metrics.adm import IMAGES_KEY, LABELS_KEY, read_adm_batch, reference_from_adm_batch
+from dnd.metrics.adm import IMAGES_KEY, LABELS_KEY, read_adm_batch, read_images_header, reference_from_adm_batch
 from dnd.metrics.fid import Reference, collect_features, compute_stats, evaluate_images
 from dnd.metrics.inception import InceptionExtractor, InceptionWeightsMissing, load_inception
 from dnd.provenance import file_sha256, record, write_provenance
+from dnd.device import default_device
 
 log = logging.getLogger("dnd.gen_eval")
 
@@ -132,7 +131,7 @@ def compute_reference(source: Path, out: Path, cfg: ReferenceConfig) -> dict[str
     (`.npz`, ADM mode). Without Inception weights, `out` records {"available": false, "reason"}.
     """
     source, out = Path(source), Path(out)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     try:
         extractor = load_inception(cfg.inception_weights, device)
     except InceptionWeightsMissing as missing:
@@ -155,19 +154,9 @@ def compute_reference(source: Path, out: Path, cfg: ReferenceConfig) -> dict[str
 
 
 # ----------------------------------------------------------------- samples
-NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-
-
 def sample_image_shape(path: Path) -> tuple[int, ...]:
     """The shape of arr_0 (N, H, W, C), read from its .npy header without loading the images."""
-    with zipfile.ZipFile(path) as archive, archive.open(f"{IMAGES_KEY}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        if version not in NPY_HEADER_READERS:
-            raise ValueError(f"{path}: arr_0 uses .npy format version {version}; expected 1.0 or 2.0")
-        shape, _, dtype = NPY_HEADER_READERS[version](member)
-    if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3):
-        raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 1 or 3), got {dtype} {shape}")
-    return tuple(shape)
+    return read_images_header(path, channels=(1, 3))[0]
 
 
 def iter_sample_images(path: Path, batch_size: int) -> Iterator[np.ndarray]:
@@ -205,7 +194,7 @@ def inception_setup(reference_path: Path, cfg: GenEvalConfig) -> InceptionSetup:
         reason = f"reference statistics unavailable: {reference_provenance['reason']}"
         return InceptionSetup(None, None, reference_provenance, reason)
     try:
-        extractor = load_inception(cfg.inception_weights, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        extractor = load_inception(cfg.inception_weights, default_device())
     except InceptionWeightsMissing as missing:
         return InceptionSetup(None, None, reference_provenance, str(missing))
     reference_sha = reference_provenance.get("inception_weights_sha256")

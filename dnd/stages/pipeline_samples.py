@@ -31,6 +31,7 @@ from dnd.launch import map_shards
 from dnd.metrics.adm import write_adm_batch
 from dnd.provenance import write_provenance
 from dnd.data.images import save_grid
+from dnd.device import default_device
 
 log = logging.getLogger("dnd.pipeline")
 
@@ -141,7 +142,7 @@ def sample_pipeline_shard(task: PipelineShardTask) -> dict[str, Any]:
         with np.load(task.out) as done:
             return {"images": len(done["arr_0"]), "seconds": float(done["seconds"]), "params": int(done["params"]),
                     "pipeline_class": str(done["pipeline_class"])}
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     pipe = load_pipeline(task.name, task.spec, device)
     kwargs, batch_keyword = call_arguments(task.name, task.spec, pipe)
     batch_size = task.spec.batch_size if batch_keyword else 1
@@ -182,7 +183,7 @@ def sample_pipeline_images(name: str, spec: PipelineSpec, out_dir: Path, work_di
         "model": name, "sampling_name": SAMPLING_NAME, "sampling": {"temperature": None, **settings},
         "variant": results[0]["pipeline_class"], "params": results[0]["params"], "resolution": int(rgb.shape[1]),
         "n_images": len(rgb), "seconds": seconds, "seconds_per_image": seconds / max(1, len(rgb)),
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "shards": len(tasks),
+        "device": default_device().type, "shards": len(tasks),
     }
     with atomic_dir(out_dir) as tmp:
         write_adm_batch(tmp / "samples.npz", rgb, labels)

@@ -24,6 +24,7 @@ from dnd.launch import map_shards
 from dnd.metrics.adm import write_adm_batch
 from dnd.provenance import write_provenance
 from dnd.transformer.generate import SamplingConfig
+from dnd.device import default_device
 
 log = logging.getLogger("dnd.sample")
 
@@ -68,7 +69,7 @@ def sample_shard(task: SampleShardTask) -> dict[str, Any]:
     if task.out.exists():
         with np.load(task.out) as done:
             return {"images": len(done["arr_1"]), "seconds": float(done["seconds"])}
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     model = load_transformer(task.model, device)
     decoder = load_tokenizer(task.tokenizer, device)
     images, start_time = [], time.perf_counter()
@@ -116,7 +117,7 @@ def sample_images(model_path: Path, tokenizer: Path, spec: SampleSpec, out_dir: 
         "model": names["model"], "sampling_name": names["sampling"], "sampling": asdict(spec.sampling),
         "variant": model.config.variant, "params": model.num_params(), "depth": model.config.depth,
         "n_images": len(images), "seconds": seconds, "seconds_per_image": seconds / max(1, len(images)),
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "shards": len(tasks),
+        "device": default_device().type, "shards": len(tasks),
     }
     with atomic_dir(out_dir) as tmp:
         write_adm_batch(tmp / "samples.npz", rgb, sample_labels)

@@ -27,6 +27,7 @@ from dnd.data.codes import CodeMapInfo, write_code_shard
 from dnd.data.images import to_tensor
 from dnd.launch import map_shards
 from dnd.provenance import write_provenance
+from dnd.device import default_device
 
 log = logging.getLogger("dnd.tokenize")
 
@@ -57,7 +58,7 @@ def tokenize_shard(task: TokenizeTask) -> int:
 
     if task.code_shard.exists():
         return 0
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     model = load_tokenizer(task.tokenizer, device)
     table = pq.read_table(task.image_shard)
     info = task.info

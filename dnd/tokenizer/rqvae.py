@@ -10,7 +10,7 @@ nearest + conv upsampling, res-attention-res middle block), so their checkpoints
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from dnd.atomic import atomic_path
+from dnd.modelfile import load_model_file, save_model_file
 from dnd.tokenizer.quantizer import CODEBOOK_INITS, ResidualQuantizer
 
 DOWNSAMPLE_FACTORS = (8, 16, 32)
@@ -353,12 +353,8 @@ class RQVAE(nn.Module):
 
 
 def save_tokenizer(path: Path, model: RQVAE, name: str, **extra: Any) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"name": name, "config": asdict(model.config), "state_dict": model.state_dict(), **extra}, tmp)
+    save_model_file(path, model.config, model.state_dict(), name=name, **extra)
 
 
 def load_tokenizer(path: Path, device: str | torch.device = "cpu") -> RQVAE:
-    payload = torch.load(path, map_location=device, weights_only=False)
-    model = RQVAE(RQVAEConfig(**payload["config"]))
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval()
+    return load_model_file(path, lambda config: RQVAE(RQVAEConfig(**config)), device)[0]

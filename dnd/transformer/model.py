@@ -16,7 +16,7 @@ Variants (one config switch, `variant`):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from dnd.atomic import atomic_path
+from dnd.modelfile import load_model_file, save_model_file
 from dnd.transformer.kv_cache import KVCache
 
 Variant = Literal["1d", "parallel", "vertical", "dnd"]
@@ -359,12 +359,8 @@ def code_cross_entropy(logits: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def save_transformer(path: Path, model: Transformer, name: str, **extra: Any) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"name": name, "config": asdict(model.config), "state_dict": model.state_dict(), **extra}, tmp)
+    save_model_file(path, model.config, model.state_dict(), name=name, **extra)
 
 
 def load_transformer(path: Path, device: str | torch.device = "cpu") -> Transformer:
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    model = Transformer(TransformerConfig(**payload["config"]))
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval()
+    return load_model_file(path, lambda config: Transformer(TransformerConfig(**config)), device)[0]

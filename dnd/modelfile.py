@@ -1,0 +1,33 @@
+"""The declared `model.pt` of every trained model: its config, its weights and a few figures, in one file.
+
+One format for the tokenizer, the transformer and the DDPM, so every loader reads it the same way:
+`{"config": dataclasses.asdict(config), "state_dict": ..., **extra}`, written atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+from torch import nn
+
+from dnd.atomic import atomic_path
+
+Model = TypeVar("Model", bound=nn.Module)
+
+
+def save_model_file(path: Path, config: Any, state_dict: dict[str, Any], **extra: Any) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"config": asdict(config), "state_dict": state_dict, **extra}, tmp)
+
+
+def load_model_file(path: Path, build: Callable[[dict[str, Any]], Model], device: str | torch.device = "cpu"
+                    ) -> tuple[Model, dict[str, Any]]:
+    """The model `build(config dict)` makes, with the file's weights, on `device` in eval mode; and the file's
+    other entries. Read onto the CPU first: a file written on one GPU loads on any device."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    model = build(payload["config"])
+    model.load_state_dict(payload.pop("state_dict"))
+    return model.to(device).eval(), payload
