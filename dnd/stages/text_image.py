@@ -179,7 +179,7 @@ class ResizeConfig:
     splits: tuple[str, ...] = ("test",)  # which splits to derive
 
     def __post_init__(self) -> None:
-        self.splits = tuple(self.splits)
+        object.__setattr__(self, "splits", tuple(self.splits))  # frozen: YAML gives a list
 
 
 def resize_images(cfg: ResizeConfig, in_dir: Path, out_dir: Path) -> dict[str, int]:
