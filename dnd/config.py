@@ -36,10 +36,44 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 def check_config(config: dict[str, Any], schema: dict[str, Any] | None = None) -> None:
     """Raise ConfigError with a one-line message naming the first offending key."""
-    validator = jsonschema.Draft202012Validator(schema or load_schema())
+    schema = schema or load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         raise ConfigError(_describe(errors[0]))
+    check_validation_splits(with_defaults(config, schema))
+
+
+# Where each data set's splits are set: text256 is derived from the Text-Image set's splits.
+SPLITS_KEYS = {"text_image": "data.text_image.splits", "text256": "data.text_image.splits",
+               "arxiv_image": "data.arxiv_image.splits", "classes": "data.classes.splits"}
+
+
+def check_validation_splits(config: dict[str, Any]) -> None:
+    """Every data set a tokenizer or transformer trains on has a validation split: the best checkpoint is
+    chosen on it, and a run without one would fail at its first validation, days into a cluster job."""
+    users = [(f"tokenizers.{name}.train_on", dataset) for name, spec in config.get("tokenizers", {}).items()
+             for dataset in spec.get("train_on", [])]
+    users += [(f"transformers.{name}.data", spec["data"]) for name, spec in config.get("transformers", {}).items() if "data" in spec]
+    data = config.get("data", {})
+    for user, dataset in users:
+        if dataset not in SPLITS_KEYS or dataset.replace("text256", "text_image") not in data:
+            continue
+        if dataset == "text256" and "val" not in data.get("text256", {}).get("splits", ["test"]):
+            raise ConfigError(f"config key data.text256.splits: {user} trains on text256, which then has no val split; add val")
+        key = SPLITS_KEYS[dataset]
+        fraction = subtree(config, key).get("val_fraction", 0.05) if _has(config, key) else 0.05
+        if not fraction > 0:
+            raise ConfigError(f"config key {key}.val_fraction: {fraction} leaves {dataset} without the validation split "
+                              f"that {user} needs (its best checkpoint is chosen on it); set it above 0")
+
+
+def _has(config: dict[str, Any], dotted: str) -> bool:
+    try:
+        subtree(config, dotted)
+    except ConfigError:
+        return False
+    return True
 
 
 def with_defaults(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:

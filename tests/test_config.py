@@ -47,3 +47,34 @@ def test_snakemake_stops_before_any_job_on_a_bad_key(tmp_path):
     )
     assert run.returncode != 0
     assert "unknown config key data.text_image.shardz" in run.stdout + run.stderr
+
+
+def _paper_with(path: tuple[str, ...], value) -> dict:
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return config
+
+
+def test_a_training_set_without_a_validation_split_is_rejected_before_any_job(tmp_path):
+    """The paper config once had val_fraction 0.0 for ImageNet: every ImageNet tokenizer then stopped on rank 0
+    at start-up (and the other ranks waited for ever), the transformers at their first validation."""
+    with pytest.raises(ConfigError, match=r"^config key data\.classes\.splits\.val_fraction: 0\.0 .*tokenizers\.in_d"):
+        check_config(_paper_with(("data", "classes", "splits", "val_fraction"), 0.0))
+    bad = tmp_path / "paper-no-val.yaml"
+    bad.write_text(yaml.safe_dump(_paper_with(("data", "classes", "splits", "val_fraction"), 0.0)))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)], cwd=REPO,
+                         capture_output=True, text=True)
+    assert run.returncode != 0
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if "data.classes.splits.val_fraction" in line]
+    assert lines and lines[0].startswith("config key data.classes.splits.val_fraction: 0.0")
+    # a data set no model trains on may go without
+    config = yaml.safe_load((REPO / "config" / "micro.yaml").read_text())
+    config["data"]["arxiv_image"]["splits"]["val_fraction"] = 0.0
+    check_config(config)
+    # text256 (derived from Text-Image) needs val among its splits when a model trains on it
+    config["data"]["text256"]["splits"] = ["test"]
+    with pytest.raises(ConfigError, match=r"^config key data\.text256\.splits: transformers\.micro_text\.data"):
+        check_config(config)

@@ -361,6 +361,31 @@ def test_clean_work_lists_and_removes_only_folders_no_job_points_to(micro_run):
     assert all(p.exists() for p in in_use)
 
 
+def test_unlock_after_a_hard_kill_works_as_the_docs_say(micro_run):
+    """`snakemake --unlock` (no --cores) after Snakemake was killed with SIGKILL holding its lock."""
+    import signal
+    import time
+
+    workdir, _ = micro_run
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", "run.yaml"]
+    env = dict(os.environ, DND_WORK_DIR=str(workdir / "work"))
+    running = subprocess.Popen([*command, "--cores", "1", "--forcerun", "make_table1a", "results/table1a.csv"],
+                               cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    locks = workdir / ".snakemake" / "locks"
+    deadline = time.time() + 120
+    while not (locks.is_dir() and any(locks.iterdir())) and time.time() < deadline and running.poll() is None:
+        time.sleep(0.1)
+    running.send_signal(signal.SIGKILL)
+    running.wait()
+    assert locks.is_dir() and any(locks.iterdir()), "the run ended before it took its lock"
+    locked = subprocess.run([*command, "-n"], cwd=workdir, env=env, capture_output=True, text=True)
+    assert locked.returncode != 0 and "unlock" in (locked.stdout + locked.stderr)
+    unlocked = subprocess.run([*command, "--unlock"], cwd=workdir, env=env, capture_output=True, text=True)
+    assert unlocked.returncode == 0, unlocked.stderr[-2000:]
+    assert subprocess.run([*command, "-n", "--cores", "1", "--rerun-incomplete"], cwd=workdir, env=env,
+                          capture_output=True, text=True).returncode == 0
+
+
 def test_touched_inputs_resume_training_from_the_last_checkpoint(micro_run):
     """A `touch` (or copy, or rsync) of a training job's inputs reruns the job, which finds its work area
     by the inputs' content and resumes from its last checkpoint instead of starting at step 0.

@@ -33,6 +33,12 @@ os.environ.update(DND_LAUNCH=json.dumps(config.get("launch", {"backend": "local"
 shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"; ")
 
 
+def all_cores(wildcards):
+    """`threads:` of the sharded local stages: every core Snakemake was given. A function, so that it is asked
+    only when a job is scheduled: `snakemake --unlock` (which takes no --cores) parses the rules too."""
+    return workflow.cores
+
+
 def stage_params(dotted):
     """The config subtree a rule depends on, as shell-quoted JSON for `--params`.
 

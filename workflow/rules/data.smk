@@ -31,7 +31,7 @@ rule render_text_images:
         "logs/render_text_images.log",
     benchmark:
         "results/benchmarks/render_text_images.tsv"
-    threads: workflow.cores
+    threads: all_cores
     conda:
         "../../envs/dnd.yaml"
     shell:
@@ -83,7 +83,7 @@ rule rasterize_pdfs:
         "logs/rasterize_pdfs.log",
     benchmark:
         "results/benchmarks/rasterize_pdfs.tsv"
-    threads: workflow.cores
+    threads: all_cores
     conda:
         "../../envs/dnd.yaml"
     shell:
@@ -119,7 +119,7 @@ rule prepare_images:
         "logs/prepare_images.log",
     benchmark:
         "results/benchmarks/prepare_images.tsv"
-    threads: workflow.cores
+    threads: all_cores
     conda:
         "../../envs/dnd.yaml"
     shell:

@@ -89,7 +89,7 @@ rule tokenize_images:
         "logs/tokenize_images/{tokenizer}/{dataset}.log",
     benchmark:
         "results/benchmarks/tokenize_images/{tokenizer}/{dataset}.tsv"
-    threads: workflow.cores
+    threads: all_cores
     conda:
         "../../envs/dnd.yaml"
     shell:
