@@ -16,6 +16,7 @@ from dnd.metrics.ocr import (
     OCRConfig,
     OCRError,
     RapidOCRBackend,
+    check_ocr_backend,
     join_in_reading_order,
     make_ocr_backend,
 )
@@ -101,6 +102,14 @@ class FakeVLMHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(reply)
 
+    def do_GET(self):  # the models list of an OpenAI-compatible server (the stages' pre-flight check)
+        reply = json.dumps({"object": "list", "data": [{"id": "qwen2-vl-test", "object": "model"}]}).encode()
+        self.send_response(200 if self.path == "/v1/models" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
     def log_message(self, *args):
         pass
 
@@ -153,3 +162,13 @@ def test_vlm_backend_needs_its_url_and_key():
         make_ocr_backend(OCRConfig(backend="vlm"))
     with pytest.raises(OCRError, match="DND_NO_SUCH_KEY"):
         make_ocr_backend(OCRConfig(backend="vlm", vlm_url="http://127.0.0.1:9", vlm_api_key_env="DND_NO_SUCH_KEY"))
+
+
+def test_a_stage_checks_its_vlm_endpoint_before_any_work(fake_vlm_server):
+    """Pre-flight: the server answers from this host and serves the model; else one error naming the setting."""
+    check_ocr_backend(OCRConfig(backend="vlm", vlm_url=fake_vlm_server, vlm_model="qwen2-vl-test"), "richtext.ocr")
+    check_ocr_backend(OCRConfig(backend="rapidocr"), "metrics.ocr")  # nothing to reach
+    with pytest.raises(OCRError, match=r"^richtext\.ocr\.vlm_model: 'other-model' is not served .*qwen2-vl-test"):
+        check_ocr_backend(OCRConfig(backend="vlm", vlm_url=fake_vlm_server, vlm_model="other-model"), "richtext.ocr")
+    with pytest.raises(OCRError, match=r"^metrics\.ocr\.vlm_url: the VLM server at http://127\.0\.0\.1:9/v1/models does not answer"):
+        check_ocr_backend(OCRConfig(backend="vlm", vlm_url="http://127.0.0.1:9", vlm_timeout_s=5), "metrics.ocr")

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -205,6 +206,20 @@ class VLMBackend:
         with ThreadPoolExecutor(max_workers=max(1, self.parallel_requests)) as pool:
             return list(pool.map(self._read_one, images))
 
+    def check(self, setting: str, timeout_s: float = 30.0) -> None:
+        """Before any work: the server answers `GET /v1/models` from this host and serves `model`. A stage on a
+        compute node cannot reach a server on the login node's localhost; this says so in seconds, not hours."""
+        models_url = self.endpoint.removesuffix("/chat/completions").removesuffix("/v1") + "/v1/models"
+        request = urllib.request.Request(models_url, headers={"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})
+        try:
+            with urllib.request.urlopen(request, timeout=min(timeout_s, self.timeout_s)) as response:
+                served = [entry.get("id") for entry in json.loads(response.read()).get("data", [])]
+        except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as error:
+            raise OCRError(f"{setting}.vlm_url: the VLM server at {models_url} does not answer from {socket.gethostname()} "
+                           f"({error}); serve it where this host reaches it (docs/cluster.md) and set its address") from error
+        if served and self.model not in served:
+            raise OCRError(f"{setting}.vlm_model: {self.model!r} is not served at {models_url} (it serves {', '.join(map(str, served))})")
+
     def request_body(self, image: Image.Image) -> dict:
         data_url = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
         return {
@@ -254,6 +269,14 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def check_ocr_backend(cfg: OCRConfig, setting: str) -> None:
+    """A stage's pre-flight: an endpoint-backed OCR (the VLM) must answer before the stage does hours of work.
+    `setting`: where the config sets it (metrics.ocr, richtext.ocr), for the error message."""
+    if cfg.backend == "vlm":
+        backend = make_ocr_backend(cfg)
+        backend.check(setting)
 
 
 def make_ocr_backend(cfg: OCRConfig) -> OCRBackend:

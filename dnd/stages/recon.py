@@ -18,7 +18,7 @@ import torch
 
 from dnd.atomic import atomic_path, write_json
 from dnd.data.images import ImageShardDataset, to_pil, to_uint8
-from dnd.metrics.ocr import OCRConfig, make_ocr_backend
+from dnd.metrics.ocr import OCRConfig, check_ocr_backend, make_ocr_backend
 from dnd.metrics.rouge import rocr
 from dnd.provenance import record
 from dnd.device import default_device
@@ -124,6 +124,7 @@ def evaluate_reconstruction(tokenizer: Path | None, testset: Path, out: Path, cf
     """A tokenizer's row (or, with `tokenizer` None, the 'original' row) of Table 1 on one test set → `out`."""
     from dnd.tokenizer.rqvae import load_tokenizer
 
+    check_ocr_backend(cfg.ocr, "metrics.ocr")
     device = default_device()
     model = load_tokenizer(tokenizer, device) if tokenizer is not None else None
     channels = model.config.in_channels if model is not None else 3

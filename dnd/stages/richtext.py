@@ -31,7 +31,7 @@ from PIL import Image
 from dnd.atomic import write_json
 from dnd.data.images import to_pil
 from dnd.data.shards import decode_png, iter_records
-from dnd.metrics.ocr import OCRConfig, make_ocr_backend
+from dnd.metrics.ocr import OCRConfig, check_ocr_backend, make_ocr_backend
 from dnd.metrics.ppl import LanguageModel, LMConfig, count_empty, make_language_model
 from dnd.provenance import file_sha256, record
 from dnd.stages.gen_eval import iter_sample_images
@@ -115,6 +115,7 @@ def evaluate_richtext(samples_dir: Path | None, reference_dataset: Path | None, 
     """
     if (samples_dir is None) == (reference_dataset is None):
         raise ValueError("evaluate_richtext scores either a samples folder or a reference data set: give exactly one")
+    check_ocr_backend(ocr_cfg, "richtext.ocr")  # before the language model: a 72B LM takes a while to load
     lm = make_language_model(lm_cfg, ngram_model=lm_path)
     backend = make_ocr_backend(ocr_cfg)
 

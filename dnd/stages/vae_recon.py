@@ -23,6 +23,7 @@ from dnd.config import ConfigError
 from dnd.data import shards
 from dnd.data.images import ImageShardDataset
 from dnd.provenance import record
+from dnd.metrics.ocr import check_ocr_backend
 from dnd.stages.recon import GRID_IMAGES, ReconBatch, ReconEvalConfig, measure_reconstruction
 from dnd.device import default_device
 
@@ -106,6 +107,7 @@ def _reconstruct(vae: Any, images: torch.Tensor, cfg: ReferenceVAEConfig, genera
 def evaluate_vae_reconstruction(name: str, vae_cfg: ReferenceVAEConfig, testset: Path, out: Path, cfg: ReconEvalConfig,
                                 testset_name: str) -> dict[str, Any]:
     """L2, rOCR, rFID of the VAE `name` on the test split of `testset` → `out` (+ a recon grid beside it)."""
+    check_ocr_backend(cfg.ocr, "metrics.ocr")
     device = default_device()
     vae = load_reference_vae(name, vae_cfg, device)
     first = next(shards.iter_records(testset, "test", columns=["png"]), None)
