@@ -31,3 +31,11 @@ def load_model_file(path: Path, build: Callable[[dict[str, Any]], Model], device
     model = build(payload["config"])
     model.load_state_dict(payload.pop("state_dict"))
     return model.to(device).eval(), payload
+
+
+def read_model_header(path: Path) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    """A model file's config dict, parameter count and other entries, without reading its weights: the file
+    is memory-mapped and only the tensors' shapes are looked at (an XXXL checkpoint is ~10 GB)."""
+    payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    state = payload.pop("state_dict")
+    return payload.pop("config"), sum(tensor.numel() for tensor in state.values()), payload

@@ -127,3 +127,19 @@ def test_precision_recall_sanity():
     assert precision_recall(real, mixed, k=3, batch_size=7) == precision_recall(real, mixed, k=3, batch_size=4096)
     precision, _ = precision_recall(real, mixed, k=3)
     assert precision <= 30 / 50  # the far samples are never inside the real manifold
+
+
+def test_a_streamed_adm_batch_holds_what_its_parts_announce(tmp_path):
+    from dnd.metrics.adm import write_adm_batch_from_parts
+
+    rng = np.random.default_rng(0)
+    parts = [(rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8), np.full(n, i)) for i, n in enumerate((3, 0, 2))]
+    write_adm_batch_from_parts(tmp_path / "ok.npz", iter(parts), 5, (4, 4, 3))
+    with np.load(tmp_path / "ok.npz") as batch:
+        np.testing.assert_array_equal(batch["arr_0"], np.concatenate([images for images, _ in parts]))
+        assert batch["arr_1"].tolist() == [0, 0, 0, 2, 2]
+    with pytest.raises(ValueError, match="4 images written, 5 announced"):
+        write_adm_batch_from_parts(tmp_path / "short.npz", iter(parts[:1] + [(parts[0][0][:1], [1])]), 5, (4, 4, 3))
+    assert not (tmp_path / "short.npz").exists()  # atomic: nothing half-written is left
+    with pytest.raises(ValueError, match=r"uint8 \(N, 4, 4, 3\)"):
+        write_adm_batch_from_parts(tmp_path / "gray.npz", iter([(np.zeros((1, 4, 4, 1), np.uint8), [0])]), 1, (4, 4, 3))

@@ -121,6 +121,29 @@ def test_sampling_writes_the_adm_batch_and_is_deterministic(trained, tokenizer, 
     assert shards.decode_png((tmp_path / "a" / "grid.png").read_bytes()).size[0] > 0
 
 
+def test_the_sampler_streams_its_shards_and_reads_only_the_model_header(trained, tokenizer, tmp_path):
+    """samples.npz is written shard by shard (never all images in one process) and holds exactly the shards'
+    images in order; the stage reads num_classes and the parameter count from the model file's header."""
+    from dnd.metrics.adm import read_adm_batch
+    from dnd.modelfile import read_model_header
+
+    config, params, extra = read_model_header(trained)
+    model = load_transformer(trained)
+    assert config["num_classes"] == model.config.num_classes and params == model.num_params() and extra["name"]
+    spec = SampleSpec.from_dict({"per_class": 3, "batch_size": 2, "shards": 3, "save_png": False, "seed": 1})
+    summary = sample_images(trained, tokenizer, spec, tmp_path / "out", tmp_path / "work", {"model": "t", "sampling": "s"})
+    shards_written = sorted((tmp_path / "work").glob("shard-*.npz"))
+    assert len(shards_written) == 3
+    parts = [np.load(path) for path in shards_written]
+    expected = np.concatenate([np.repeat(p["arr_0"], 3, axis=-1) if p["arr_0"].shape[-1] == 1 else p["arr_0"] for p in parts])
+    with np.load(tmp_path / "out" / "samples.npz") as written:
+        np.testing.assert_array_equal(written["arr_0"], expected)
+        assert written["arr_1"].tolist() == [c for c in range(CLASSES) for _ in range(3)]
+    streamed = np.concatenate(list(read_adm_batch(tmp_path / "out" / "samples.npz").iter_images(4)))
+    np.testing.assert_array_equal(streamed, expected)
+    assert summary["params"] == model.num_params() and summary["n_images"] == CLASSES * 3
+
+
 def test_the_sampler_compiles_its_decode_step_on_gpu_only(trained, tokenizer, tmp_path, monkeypatch):
     """`dnd sample` takes the compiled decode step (CUDA graphs) on a GPU and the eager one on a CPU, unless
     the sampling config says otherwise; the compiled step is the one `bench_sampling.py` measures."""

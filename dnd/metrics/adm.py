@@ -21,7 +21,7 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -119,6 +119,28 @@ def write_adm_batch(path: Path, images: np.ndarray, labels: np.ndarray | None = 
         arrays[LABELS_KEY] = labels
     with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)  # uncompressed, as the evaluator streams arr_0
+
+
+def write_adm_batch_from_parts(path: Path, parts: Iterable[tuple[np.ndarray, np.ndarray]], count: int,
+                               image_shape: tuple[int, int, int]) -> None:
+    """`write_adm_batch` for samples that never sit in memory at once: `parts` yields (images (n, H, W, 3)
+    uint8, labels (n,)) in order, `count` images in all; arr_0 is streamed into the .npz part by part."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": (count, *image_shape)}
+    labels, written = [], 0
+    with atomic_path(Path(path)) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with archive.open(f"{IMAGES_KEY}.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, header)
+            for images, part_labels in parts:
+                if images.dtype != np.uint8 or images.shape[1:] != tuple(image_shape):
+                    raise ValueError(f"ADM batches hold uint8 (N, {', '.join(map(str, image_shape))}) images, got {images.dtype} {images.shape}")
+                member.write(np.ascontiguousarray(images).tobytes())
+                labels.append(np.asarray(part_labels, dtype=np.int64))
+                written += len(images)
+        if written != count:
+            raise ValueError(f"{path}: {written} images written, {count} announced")
+        with archive.open(f"{LABELS_KEY}.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array(member, np.concatenate(labels) if labels else np.zeros(0, np.int64))
 
 
 def reference_from_adm_batch(

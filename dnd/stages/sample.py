@@ -21,7 +21,7 @@ import torch
 from dnd.atomic import atomic_dir, atomic_path, write_json
 from dnd.data.images import save_grid, to_pil, to_uint8
 from dnd.launch import map_shards
-from dnd.metrics.adm import write_adm_batch
+from dnd.metrics.adm import write_adm_batch_from_parts
 from dnd.provenance import write_provenance
 from dnd.transformer.generate import SamplingConfig
 from dnd.device import default_device
@@ -96,11 +96,31 @@ def label_list(num_classes: int, spec: SampleSpec) -> list[int]:
     return [-1] * spec.n
 
 
-def sample_images(model_path: Path, tokenizer: Path, spec: SampleSpec, out_dir: Path, work_dir: Path, names: dict[str, str]) -> dict[str, Any]:
-    from dnd.transformer.model import load_transformer
+class GridPicks:
+    """The images `save_grid` shows, picked while the samples stream past: the first 10 of each class
+    (unconditional samples: the first 100), in sample order."""
 
-    model = load_transformer(model_path)
-    labels = label_list(model.config.num_classes, spec)
+    def __init__(self, per_class: int = 10, unconditional: int = 100):
+        self.per_class, self.unconditional = per_class, unconditional
+        self.images: list[np.ndarray] = []
+        self.labels: list[int] = []
+        self.counts: dict[int, int] = {}
+
+    def offer(self, image: np.ndarray, label: int) -> None:
+        limit = self.per_class if label >= 0 else self.unconditional
+        if self.counts.get(label, 0) < limit:
+            self.counts[label] = self.counts.get(label, 0) + 1
+            self.images.append(image)
+            self.labels.append(label)
+
+
+def sample_images(model_path: Path, tokenizer: Path, spec: SampleSpec, out_dir: Path, work_dir: Path, names: dict[str, str]) -> dict[str, Any]:
+    """Sample on the launcher's workers, one shard file each; this process reads the model file's header
+    (not its weights) and streams the shards into `samples.npz`, never holding all images at once."""
+    from dnd.modelfile import read_model_header
+
+    config, params, _ = read_model_header(model_path)
+    labels = label_list(config["num_classes"], spec)
     parts = np.array_split(np.asarray(labels), max(1, spec.shards))
     tasks = [
         SampleShardTask(model_path, tokenizer, tuple(int(x) for x in part), i, spec, work_dir / f"shard-{i:05d}.npz")
@@ -108,25 +128,37 @@ def sample_images(model_path: Path, tokenizer: Path, spec: SampleSpec, out_dir: 
         if len(part)
     ]
     results = map_shards("sample_images", sample_shard, tasks, work_dir)
-    arrays = [np.load(task.out) for task in tasks]
-    images = np.concatenate([a["arr_0"] for a in arrays])
-    sample_labels = np.concatenate([a["arr_1"] for a in arrays])
-    rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
     seconds = sum(r["seconds"] for r in results)
+    count = sum(r["images"] for r in results)
+
+    def shard_images():
+        """(images as RGB, labels) of each shard in order: the ADM layout repeats gray to 3 channels."""
+        for task in tasks:
+            with np.load(task.out) as shard:
+                images, shard_labels = shard["arr_0"], shard["arr_1"]
+            yield (np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images), shard_labels, images
+
+    with np.load(tasks[0].out) as first:
+        height, width = first["arr_0"].shape[1:3]
     summary = {
         "model": names["model"], "sampling_name": names["sampling"], "sampling": asdict(spec.sampling),
-        "variant": model.config.variant, "params": model.num_params(), "depth": model.config.depth,
-        "n_images": len(images), "seconds": seconds, "seconds_per_image": seconds / max(1, len(images)),
+        "variant": config["variant"], "params": params, "depth": config["depth"],
+        "n_images": count, "seconds": seconds, "seconds_per_image": seconds / max(1, count),
         "device": default_device().type, "shards": len(tasks),
     }
     with atomic_dir(out_dir) as tmp:
-        write_adm_batch(tmp / "samples.npz", rgb, sample_labels)
-        save_grid(images, sample_labels, tmp / "grid.png")
-        if spec.save_png:
-            (tmp / "png").mkdir()
-            for index, (image, label) in enumerate(zip(images, sample_labels)):
-                to_pil(image).save(tmp / "png" / f"{index:06d}_{label}.png")
+        write_adm_batch_from_parts(tmp / "samples.npz", ((rgb, lab) for rgb, lab, _ in shard_images()), count, (height, width, 3))
+        grid = GridPicks()
+        index = 0
+        for _, shard_labels, images in shard_images():
+            for image, label in zip(images, shard_labels):
+                grid.offer(image, int(label))
+                if spec.save_png:
+                    (tmp / "png").mkdir(exist_ok=True)
+                    to_pil(image).save(tmp / "png" / f"{index:06d}_{label}.png")
+                index += 1
+        save_grid(np.stack(grid.images), np.asarray(grid.labels), tmp / "grid.png")
         write_json(tmp / "summary.json", summary)
         write_provenance(tmp, "sample_images", {"spec": asdict(spec), **names}, seed=spec.sampling.seed)
-    log.info("sampled %d images from %s (%s) in %.1f s", len(images), names["model"], names["sampling"], seconds)
+    log.info("sampled %d images from %s (%s) in %.1f s", count, names["model"], names["sampling"], seconds)
     return summary
