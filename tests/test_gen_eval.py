@@ -2,6 +2,8 @@
 Inception weights, evaluate_generation on sample folders in the sampler's layout, and the tables."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +121,9 @@ def test_generation_without_weights_is_na_with_the_classifier_metric(digits, cla
     assert (result["cfg_scale"], result["temperature"], result["n_samples"]) == (2.0, 1.0, len(labels))
     assert result["provenance"]["classifier"]["sha256"] == file_sha256(classifier_path)
     no_classifier = evaluate_generation(samples, reference, None, tmp_path / "bare.json", GenEvalConfig())
-    assert no_classifier["classifier"] is None and no_classifier["classifier_na_reason"] == "no classifier configured"
+    assert no_classifier["classifier"] is None and no_classifier["classifier_na_reason"] == "no classifier given"
+    unasked = evaluate_generation(samples, reference, None, tmp_path / "unasked.json", GenEvalConfig(demo_classifier=False))
+    assert unasked["classifier_na_reason"] == "not requested (evaluation.generation.demo_classifier: false)"
 
 
 @pytest.mark.filterwarnings("ignore:Matrix is singular")  # a few images in 2048 dimensions: expected
@@ -241,3 +245,49 @@ def test_order_note_says_yes_and_no_correctly():
     assert "does not show" in gen_tables.order_note(partial, "FID") and "only 2 of 4" in gen_tables.order_note(partial, "FID")
     missing = order_frame({"1d": None, "parallel": None, "vertical": None, "dnd": 2.0}, "FID")
     assert "cannot be compared" in gen_tables.order_note(missing, "FID")
+
+
+def _noise_image_folder(root: Path, per_class: int, classes: int = 3, side: int = 32) -> Path:
+    """An ImageFolder tree of random gray images (~1 KB as PNG each: they dominate what the sets hold)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(per_class)
+    for label in range(classes):
+        (root / f"c{label}").mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8)).save(root / f"c{label}" / f"{index:05d}.png")
+    return root
+
+
+PEAK_SCRIPT = """
+import sys
+from pathlib import Path
+import pyarrow as pa
+from dnd.data.images import ImageShardDataset
+from dnd.metrics.classifier import ClassifierConfig
+from dnd.metrics.classifier_train import train_classifier
+dataset, out, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+if mode == "classifier":
+    train_classifier(dataset, out / "classifier.pt", ClassifierConfig(steps=3, batch_size=16, width=4, score_images=64), out / "work")
+else:  # the control: the same split held in memory
+    ImageShardDataset([dataset], "train", 1, resolution=None, columns=("label",))
+print(pa.default_memory_pool().max_memory())
+"""
+
+
+def test_the_classifier_streams_its_training_set(tmp_path):
+    """Training sets 20x apart in size: the classifier's peak Arrow memory stays the same (its training images are
+    memory-mapped, not held), while holding the same split in memory grows with it (the control)."""
+    peaks = {}
+    for name, per_class in (("small", 100), ("large", 2000)):
+        root = _noise_image_folder(tmp_path / name / "tree", per_class)
+        cfg = ClassesConfig(root=str(root), image=LabelledConfig(size=32, grayscale=True), shards=1,
+                            splits=SplitConfig(val_fraction=0.0, test_fraction=0.02, test_max_images=None))
+        prepare_images(cfg, tmp_path / name / "classes", tmp_path / name / "work")
+        for mode in ("classifier", "in_memory"):
+            run = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path / name / "classes"), str(tmp_path / name / mode), mode],
+                                 capture_output=True, text=True, check=True)
+            peaks[name, mode] = int(run.stdout.split()[-1])
+    assert peaks["large", "in_memory"] > 10 * peaks["small", "in_memory"]  # the control: memory ∝ set size
+    assert peaks["large", "classifier"] < 1.5 * peaks["small", "classifier"], peaks
+    assert peaks["large", "classifier"] < peaks["large", "in_memory"] / 5, peaks

@@ -223,6 +223,9 @@ def _dry_run_with(workdir: Path, config: dict, *keys_and_value) -> subprocess.Co
         (("richtext", "pipelines", {"sdxl_ft": {"path": "/models/sdxl-textimage"}}),
          {"sample_pipeline", "evaluate_richtext", "make_richtext_table"}),
         (("launch", "workers", 1), set()),
+        # the tables no longer ask for the demo classifier's metric: the generation metrics are recomputed without
+        # it, and train_classifier is not asked for
+        (("evaluation", "generation", "demo_classifier", False), {"evaluate_generation", "make_table2", "make_table3"}),
     ],
 )
 def test_config_edit_reruns_only_that_stage_and_what_follows(micro_run, edit, expected):

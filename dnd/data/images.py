@@ -36,8 +36,9 @@ def mapped_png_column(shard: Path, cache_dir: Path) -> pa.ChunkedArray:
         with atomic_path(target) as tmp:
             schema = pa.schema([pa.field("png", pa.binary())])
             with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-                for batch in source.iter_batches(batch_size=256, columns=["png"]):  # streamed: never the whole shard
-                    writer.write_batch(batch)
+                # row group by row group: memory bounded by one group (iter_batches reads the whole file ahead)
+                for group in range(source.num_row_groups):
+                    writer.write_table(source.read_row_group(group, columns=["png"]))
     return pa.ipc.open_file(pa.memory_map(str(target), "r")).read_all()["png"]
 
 

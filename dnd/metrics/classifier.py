@@ -39,6 +39,7 @@ class ClassifierConfig:
     seed: int = 0  # initialisation and batch order: same seed, same weights
     width: int = 16  # channels of the first conv; doubled after each pooling
     weight_decay: float = 1e-4
+    score_images: int | None = 10_000  # real images of each split scored for its own accuracy; None = all
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -85,18 +86,20 @@ def _image_shape(dataset_dir: Path, split: str) -> tuple[int, int, int]:
     return image.height, image.width, 1 if image.mode == "L" else 3
 
 
-def _labelled_batches(data: ImageShardDataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The whole split in order: (B, C, H, W) in [-1, 1], labels (B,)."""
-    for start in range(0, len(data), batch_size):
-        indices = range(start, min(start + batch_size, len(data)))
+def _labelled_batches(data: ImageShardDataset, batch_size: int, limit: int | None = None
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The split's first `limit` images (None: all) in order: (B, C, H, W) in [-1, 1], labels (B,)."""
+    end = len(data) if limit is None else min(limit, len(data))
+    for start in range(0, end, batch_size):
+        indices = range(start, min(start + batch_size, end))
         yield torch.stack([data[i] for i in indices]), torch.tensor([data.meta["label"][i] for i in indices])
 
 
 @torch.no_grad()
-def _split_scores(network: SmallCNN, data: ImageShardDataset) -> dict[str, float]:
+def _split_scores(network: SmallCNN, data: ImageShardDataset, limit: int | None = None) -> dict[str, float]:
     network.eval()
     probs, labels = [], []
-    for images, batch_labels in _labelled_batches(data, 256):
+    for images, batch_labels in _labelled_batches(data, 256, limit):
         probs.append(network(images).softmax(dim=1).numpy())
         labels.append(batch_labels.numpy())
     scores = scores_from_probabilities(np.concatenate(probs), np.concatenate(labels))

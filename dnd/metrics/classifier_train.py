@@ -24,13 +24,17 @@ log = logging.getLogger("dnd.classifier")
 class ClassifierTrainer:
     """The small CNN's step and export for `dnd.training.run_training` (the last step is the result)."""
 
-    def __init__(self, dataset_dir: Path, cfg: ClassifierConfig):
+    def __init__(self, dataset_dir: Path, cfg: ClassifierConfig, work_dir: Path):
         self.dataset_dir, self.cfg = Path(dataset_dir), cfg
         self.classes = read_manifest(self.dataset_dir)["classes"]
         self.image_shape = _image_shape(self.dataset_dir, "train")
         channels = self.image_shape[2]
-        self.train = ImageShardDataset([self.dataset_dir], "train", channels, resolution=None, columns=("label",))
-        self.test = ImageShardDataset([self.dataset_dir], "test", channels, resolution=None, columns=("label",))
+        # The training images are memory-mapped from Arrow copies in the work area (ImageNet's ~150 GB of
+        # PNGs never sit in memory); only the first `score_images` test images are read.
+        self.train = ImageShardDataset([self.dataset_dir], "train", channels, resolution=None, columns=("label",),
+                                       cache_dir=Path(work_dir) / "images")
+        self.test = ImageShardDataset([self.dataset_dir], "test", channels, resolution=None, columns=("label",),
+                                      limit=cfg.score_images)
         seed_everything(cfg.seed)
         self.network = SmallCNN(channels, len(self.classes), cfg.width)
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -69,14 +73,14 @@ class ClassifierTrainer:
     def export(self, checkpoint: dict[str, Any], out: Path) -> dict[str, Any]:
         """The weights with their real-image scores (the test split's accuracy is the ceiling for samples)."""
         self.network.load_state_dict(checkpoint["model"])
-        real_test = _split_scores(self.network, self.test)
+        real_test = _split_scores(self.network, self.test, self.cfg.score_images)
         summary = {
             "description": DESCRIPTION,
             "classes": self.classes,
             "image_shape": list(self.image_shape),
             "train_images": len(self.train),
             "final_train_loss": self.last_loss,
-            "real_train_accuracy": _split_scores(self.network, self.train)["accuracy"],
+            "real_train_accuracy": _split_scores(self.network, self.train, self.cfg.score_images)["accuracy"],
             "real_test_accuracy": real_test["accuracy"],  # the ceiling for samples
             "real_test_confidence": real_test["confidence"],
             "test_images": real_test["n"],
@@ -95,7 +99,7 @@ def train_classifier(dataset_dir: Path, out: Path, cfg: ClassifierConfig, work_d
                      should_stop: Callable[[], bool] = lambda: False, code_version: str | None = None) -> dict[str, Any] | None:
     """Train on the train split of a class-labelled data set, score the real test split (the ceiling),
     write the weights to `out` (+ provenance beside it) and return the summary."""
-    trainer = ClassifierTrainer(dataset_dir, cfg)
+    trainer = ClassifierTrainer(dataset_dir, cfg, work_dir)
     # a few seconds of training: checkpoints only at the end and on a stop signal
     loop = LoopConfig(steps=cfg.steps, checkpoint_every=cfg.steps, seed=cfg.seed)
     run = RunInfo("classifier", "train_classifier", {**asdict(cfg), "dataset": str(dataset_dir)}, code_version=code_version)

@@ -65,6 +65,8 @@ class GenEvalConfig:
     batch_size: int = 50  # images per Inception / classifier forward pass
     is_splits: int = 10  # ADM: 10 splits (of 5000 images for 50k samples); capped at the number of samples
     pr_k: int = 3  # k of the k-NN manifolds for precision/recall (ADM: 3)
+    # Score the samples with the demo's classifier (the rule then depends on train_classifier); False: n/a
+    demo_classifier: bool = True
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "GenEvalConfig":
@@ -269,7 +271,8 @@ def evaluate_generation(
     else:
         result["classifier"] = None
         result["classifier_na_reason"] = (
-            "no classifier configured" if classifier_path is None else f"{samples_path} holds no labels ({LABELS_KEY})"
+            ("not requested (evaluation.generation.demo_classifier: false)" if not cfg.demo_classifier
+             else "no classifier given") if classifier_path is None else f"{samples_path} holds no labels ({LABELS_KEY})"
         )
     result["provenance"] = {
         **provenance,

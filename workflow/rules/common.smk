@@ -176,6 +176,13 @@ def generation_eval_params():
     })
 
 
+def demo_classifier_input(wildcards):
+    """The demo classifier, when the tables ask for its metric (evaluation.generation.demo_classifier)."""
+    if config.get("evaluation", {}).get("generation", {}).get("demo_classifier", True):
+        return "results/metrics/classifier/classes.pt"
+    return []
+
+
 def generation_metrics(table):
     """Metric files of Table 2 (models × samplings) or Table 3 (one model per variant, one sampling)."""
     spec = config["tables"][table]

@@ -41,11 +41,12 @@ rule evaluate_generation:
     input:
         samples=rules.sample_images.output.samples,
         reference=rules.compute_reference.output.reference,
-        classifier=rules.train_classifier.output.classifier,
+        classifier=demo_classifier_input,
     output:
         metrics="results/metrics/gen/{model}/{sampling}.json",
     params:
         cfg=generation_eval_params(),
+        classifier=lambda wildcards, input: f"--classifier {input.classifier}" if input.classifier else "",
         code=command_code_version("evaluate-generation"),
     log:
         "logs/evaluate_generation/{model}/{sampling}.log",
@@ -54,7 +55,7 @@ rule evaluate_generation:
         "../../envs/dnd.yaml"
     shell:
         "OMP_NUM_THREADS={threads} dnd evaluate-generation --code-version {params.code} --params {params.cfg}"
-        " --samples {input.samples} --reference {input.reference} --classifier {input.classifier}"
+        " --samples {input.samples} --reference {input.reference} {params.classifier}"
         " --out {output.metrics} > {log} 2>&1"
 
 
