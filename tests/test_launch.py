@@ -59,6 +59,15 @@ def all_reduce_ranks(_: None = None) -> dict[str, int]:
     return {"world_size": info.world_size, "rank": info.rank, "sum": int(total.item())}
 
 
+def rank_one_fails(_: None = None) -> None:
+    """Rank 1 raises while rank 0 waits for it. Gloo notices a dead peer at once; NCCL does not (its
+    collectives wait for their timeout), so rank 0 here waits the way an NCCL collective does: blindly."""
+    info = init_distributed()
+    if info.rank == 1:
+        raise RuntimeError("rank 1 fails on purpose")
+    time.sleep(300)
+
+
 class CountingTask(CheckpointableTask):
     """A training-like task: `total` steps of `step_s` seconds; saves `checkpoint.pt` every
     `checkpoint_every` steps and when stopped; notes each (re)start step in starts.txt."""

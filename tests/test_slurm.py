@@ -23,7 +23,7 @@ from dnd.launch import SlurmJobFailed, map_shards, run_task
 from dnd.launch.calls import ResultStore, shard_key
 from dnd.launch.records import JobRecords
 from dnd.launch.settings import LAUNCH_ENV
-from test_launch import CountingTask, all_reduce_ranks, fail_on_odd, square_and_log, starts_of, wait_for_step
+from test_launch import CountingTask, all_reduce_ranks, fail_on_odd, rank_one_fails, square_and_log, starts_of, wait_for_step
 from testdata import DEMO_DUMP, REPO
 
 pytestmark = pytest.mark.slurm
@@ -92,6 +92,14 @@ def test_a_failed_task_shows_its_python_error_and_slurm_log(launch):
 
 def test_torch_distributed_spans_the_tasks_of_a_job(launch, slurm):
     assert run_task("distributed", all_reduce_ranks, launch) == {"world_size": 2, "rank": 0, "sum": 3}
+
+
+def test_one_rank_failing_ends_the_whole_job_instead_of_hanging(launch, slurm):
+    """SLURM ends the other tasks when one exits with an error (srun --kill-on-bad-exit): rank 0, waiting in a
+    collective for the rank that died, does not hold its GPUs until the process group times out."""
+    waiting = Background(lambda: run_task("distributed", rank_one_fails, launch))
+    waiting.outcome(120)
+    assert isinstance(waiting.error, SlurmJobFailed), waiting.error
 
 
 # ---------------------------------------------------------------- checkpointed training

@@ -71,6 +71,9 @@ class LaunchSettings:
             "time": self.time_min,
             "signal_delay_s": self.slurm_signal_delay_s,
             "array_parallelism": self.array_parallelism,
+            # One task failing ends the job's other tasks: ranks waiting in a collective for a rank that died
+            # would otherwise hang until the process group's timeout (half an hour), holding every GPU.
+            "srun_args": ["--kill-on-bad-exit=1"],
         }
         optional = {
             "partition": self.partition,
