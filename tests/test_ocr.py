@@ -1,9 +1,6 @@
 import base64
 import io
-import json
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +18,7 @@ from dnd.metrics.ocr import (
     make_ocr_backend,
 )
 from dnd.metrics.rouge import rocr, rouge_l_f
+from testdata import LoopbackVLM
 
 LINES = ["Residual quantization keeps", "every feature vector as a", "short stack of shared codes."]
 SENTENCE = " ".join(LINES)
@@ -88,42 +86,10 @@ def test_rouge_handles_empty_strings():
     assert rouge_l_f("the codes quantized", "the code quantizes") == pytest.approx(1.0)
 
 
-class FakeVLMHandler(BaseHTTPRequestHandler):
-    answer = "Residual quantization keeps\nevery feature vector"
-    requests: list[dict] = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": self.answer}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def do_GET(self):  # the models list of an OpenAI-compatible server (the stages' pre-flight check)
-        reply = json.dumps({"object": "list", "data": [{"id": "qwen2-vl-test", "object": "model"}]}).encode()
-        self.send_response(200 if self.path == "/v1/models" else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def fake_vlm_server():
-    FakeVLMHandler.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeVLMHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with LoopbackVLM(model="qwen2-vl-test", answer="Residual quantization keeps\nevery feature vector") as server:
+        yield server
 
 
 def test_vlm_backend_sends_the_authors_prompt_greedily(fake_vlm_server, page, monkeypatch):
@@ -135,8 +101,8 @@ def test_vlm_backend_sends_the_authors_prompt_greedily(fake_vlm_server, page, mo
     texts = make_ocr_backend(cfg).read([page, page])
     assert texts == ["Residual quantization keeps every feature vector"] * 2
 
-    assert len(FakeVLMHandler.requests) == 2
-    request = FakeVLMHandler.requests[0]
+    assert len(fake_vlm_server.requests) == 2
+    request = fake_vlm_server.requests[0]
     assert request["path"] == "/v1/chat/completions"
     assert request["auth"] == "Bearer secret-token"
     body = request["body"]

@@ -23,7 +23,7 @@ from dnd.metrics.ppl import (
     make_language_model,
     tokenize,
 )
-from testdata import DEMO_DUMP
+from testdata import DEMO_DUMP, save_tiny_causal_lm
 
 CORPUS = [
     "The cat sat on the mat.",
@@ -134,34 +134,8 @@ def test_fit_on_dataset_save_load_round_trip(tmp_path, prose_chunks):
 
 @pytest.fixture(scope="module")
 def tiny_causal_lm(tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    special = ["<unk>", "<pad>", "<bos>", "<eos>"]
-    backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=special))
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
-    )
-
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2,
-                                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = transformers.GPT2LMHeadModel(config)
-    # A few steps on one sentence, so the model has a preference to detect.
-    ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer(CORPUS[0], add_special_tokens=False)["input_ids"]])
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(30):
-        loss = model(input_ids=ids, labels=ids).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    pytest.importorskip("transformers")
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-gpt2"), CORPUS)
 
 
 def manual_perplexity(lm: HFCausalLM, text: str) -> float:

@@ -23,6 +23,13 @@ def _continuous_note(m: dict[str, Any]) -> str:
     return f"continuous VAE (f{m['downsample_factor']}, {m['latent_channels']} latent channels): no codebook, no code usage"
 
 
+def _rfid_note(m: dict[str, Any]) -> str:
+    if m.get("rfid") is not None:
+        return ""
+    reason = m.get("rfid_na_reason", "")
+    return RFID_NA if not reason or "inception_weights" in reason else f"rFID n/a: {reason}"
+
+
 def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
     """Rows: tokenizers on the class-labelled test set; rFID, L2, code usage (mean and per depth)."""
     rows = []
@@ -39,7 +46,7 @@ def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
             "code_usage_per_depth": "/".join(f"{u:.2f}" for u in usage) or NA,
             "code_entropy_bits_per_depth": "/".join(f"{e:.2f}" for e in m.get("code_entropy_bits", [])) or NA,
             "n_images": m["n_images"],
-            "note": join_notes(notes.get(m["tokenizer"], ""), _continuous_note(m), RFID_NA if m.get("rfid") is None else ""),
+            "note": join_notes(notes.get(m["tokenizer"], ""), _continuous_note(m), _rfid_note(m)),
         })
     return pd.DataFrame(rows)
 

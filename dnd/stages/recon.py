@@ -159,6 +159,10 @@ def rfid_metrics(originals: np.ndarray, recons: np.ndarray, cfg: ReconEvalConfig
     from dnd.metrics.fid import collect_features, compute_stats, frechet_distance
     from dnd.metrics.inception import InceptionWeightsMissing, load_inception
 
+    if len(originals) < 2:  # a covariance needs two images at least
+        reason = f"rFID needs at least 2 test images; the test split has {len(originals)}"
+        log.warning("rFID is n/a: %s", reason)
+        return {"rfid": None, "rfid_na_reason": reason}
     try:
         extractor = load_inception(cfg.inception_weights, device)
     except InceptionWeightsMissing as missing:

@@ -167,6 +167,14 @@ def transformer_codes(wildcards):
     return f"results/codes/{spec['tokenizer']}/{spec['data']}"
 
 
+def reference_params():
+    """What the reference statistics depend on: evaluation.reference and the Inception weights file."""
+    return stage_params_of({
+        "reference": config.get("evaluation", {}).get("reference", {}),
+        "metrics": {"inception_weights": config.get("metrics", {}).get("inception_weights")},
+    })
+
+
 def generation_eval_params():
     evaluation = config.get("evaluation", {})
     return stage_params_of({

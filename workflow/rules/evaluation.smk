@@ -7,7 +7,7 @@ rule compute_reference:
     output:
         reference="results/metrics/reference/classes.npz",
     params:
-        cfg=generation_eval_params(),
+        cfg=reference_params(),
         code=command_code_version("compute-reference"),
     log:
         "logs/compute_reference/classes.log",
