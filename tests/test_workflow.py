@@ -381,7 +381,8 @@ def test_unlock_after_a_hard_kill_works_as_the_docs_say(micro_run):
     running.send_signal(signal.SIGKILL)
     running.wait()
     assert locks.is_dir() and any(locks.iterdir()), "the run ended before it took its lock"
-    locked = subprocess.run([*command, "--cores", "1", "results/table1a.csv"], cwd=workdir, env=env, capture_output=True, text=True)
+    locked = subprocess.run([*command, "--cores", "1", "--rerun-incomplete", "results/table1a.csv"], cwd=workdir, env=env,
+                            capture_output=True, text=True)
     assert locked.returncode != 0 and "--unlock" in (locked.stdout + locked.stderr)  # (a dry run takes no lock)
     unlocked = subprocess.run([*command, "--unlock"], cwd=workdir, env=env, capture_output=True, text=True)
     assert unlocked.returncode == 0, unlocked.stderr[-2000:]
