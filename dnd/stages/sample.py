@@ -131,13 +131,6 @@ def sample_images(model_path: Path, tokenizer: Path, spec: SampleSpec, out_dir: 
     seconds = sum(r["seconds"] for r in results)
     count = sum(r["images"] for r in results)
 
-    def shard_images():
-        """(images as RGB, labels) of each shard in order: the ADM layout repeats gray to 3 channels."""
-        for task in tasks:
-            with np.load(task.out) as shard:
-                images, shard_labels = shard["arr_0"], shard["arr_1"]
-            yield (np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images), shard_labels, images
-
     with np.load(tasks[0].out) as first:
         height, width = first["arr_0"].shape[1:3]
     summary = {
@@ -147,16 +140,24 @@ def sample_images(model_path: Path, tokenizer: Path, spec: SampleSpec, out_dir: 
         "device": default_device().type, "shards": len(tasks),
     }
     with atomic_dir(out_dir) as tmp:
-        write_adm_batch_from_parts(tmp / "samples.npz", ((rgb, lab) for rgb, lab, _ in shard_images()), count, (height, width, 3))
         grid = GridPicks()
-        index = 0
-        for _, shard_labels, images in shard_images():
-            for image, label in zip(images, shard_labels):
-                grid.offer(image, int(label))
-                if spec.save_png:
-                    (tmp / "png").mkdir(exist_ok=True)
-                    to_pil(image).save(tmp / "png" / f"{index:06d}_{label}.png")
-                index += 1
+
+        def shard_parts():
+            """Each shard read once, in order: its images go to the grid and the PNGs on the way, and
+            (as RGB: the ADM layout repeats gray to 3 channels) with their labels into samples.npz."""
+            index = 0
+            for task in tasks:
+                with np.load(task.out) as shard:
+                    images, shard_labels = shard["arr_0"], shard["arr_1"]
+                for image, label in zip(images, shard_labels):
+                    grid.offer(image, int(label))
+                    if spec.save_png:
+                        (tmp / "png").mkdir(exist_ok=True)
+                        to_pil(image).save(tmp / "png" / f"{index:06d}_{label}.png")
+                    index += 1
+                yield (np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images), shard_labels
+
+        write_adm_batch_from_parts(tmp / "samples.npz", shard_parts(), count, (height, width, 3))
         save_grid(np.stack(grid.images), np.asarray(grid.labels), tmp / "grid.png")
         write_json(tmp / "summary.json", summary)
         write_provenance(tmp, "sample_images", {"spec": asdict(spec), **names}, seed=spec.sampling.seed)
