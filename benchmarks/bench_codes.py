@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import MIN_ROUNDS, Spread, ratio_spread, time_interleaved  # noqa: E402
 from dnd.data.codes import CodeMapDataset, CodeMapInfo, write_code_shard  # noqa: E402
 from dnd.tokenizer.rqvae import RQVAE, rqvae_config  # noqa: E402
 
@@ -39,7 +40,8 @@ def bench_tokenize(preset: str, device: torch.device, n: int, size: int, batch: 
     return max(1, n // batch) * batch / (time.perf_counter() - start)
 
 
-def bench_reader(n: int, repeats: int = 3) -> tuple[float, float]:
+def bench_reader(n: int, rounds: int) -> tuple[Spread, Spread, Spread]:
+    """Maps/s of the Arrow reader and of the raw memmap (median [min, max]) and their per-round ratio."""
     info = CodeMapInfo(16, 16, 8, 16384, "bench")
     codes = np.random.default_rng(0).integers(0, 16384, (n, 16, 16, 8), dtype=np.uint16)
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,18 +49,13 @@ def bench_reader(n: int, repeats: int = 3) -> tuple[float, float]:
         write_code_shard(arrow, [str(i) for i in range(n)], codes, None, info)
         np.save(raw, codes)
         dataset, memmap = CodeMapDataset([arrow]), np.load(raw, mmap_mode="r")
-        order = np.random.default_rng(1).permutation(n)
-        best_arrow = best_raw = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for i in order:
-                dataset[int(i)]
-            best_arrow = min(best_arrow, time.perf_counter() - start)
-            start = time.perf_counter()
-            for i in order:
-                memmap[int(i)].astype(np.int64), -1
-            best_raw = min(best_raw, time.perf_counter() - start)
-    return n / best_arrow, n / best_raw
+        order = [int(i) for i in np.random.default_rng(1).permutation(n)]
+        times = time_interleaved({
+            "arrow": lambda: [dataset[i] for i in order],
+            "raw": lambda: [(memmap[i].astype(np.int64), -1) for i in order],
+        }, rounds)
+    rates = {name: Spread.of([n / t for t in values]) for name, values in times.items()}
+    return rates["arrow"], rates["raw"], ratio_spread(times["raw"], times["arrow"])
 
 
 def main() -> None:
@@ -68,14 +65,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--maps", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS, help="interleaved timed rounds of the reader")
     args = parser.parse_args()
     device = torch.device(args.device)
     for preset in ("demo_f8", "paper_f16"):
         rate = bench_tokenize(preset, device, args.images, args.size, args.batch)
         print(f"tokenize {preset:<10} {args.size}px on {device.type}: {rate:8.1f} images/s")
-    arrow, raw = bench_reader(args.maps)
-    print(f"read {args.maps} code maps 16x16x8 in random order: Arrow {arrow:,.0f} maps/s, np.memmap {raw:,.0f} maps/s, "
-          f"ratio {arrow / raw:.2f}")
+    arrow, raw, ratio = bench_reader(args.maps, args.rounds)
+    print(f"read {args.maps} code maps 16x16x8 in random order, {args.rounds} interleaved rounds, median [min, max]:")
+    print(f"  Arrow {arrow} maps/s, np.memmap {raw} maps/s, Arrow/memmap speed ratio {ratio} (target: close to 1)")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ weights (speed does not depend on them), temperature-1 sampling:
       -> should be >= 10x. With --compile only the cached decode step is compiled (CUDA graphs on GPU);
       the recomputation, whose shapes change every step, stays eager.
 
-All runs are timed round-robin (one warm-up each, then --repeats rounds, fastest kept), so that load
-from other processes falls on every run alike. Examples:
+All runs are timed interleaved (benchmarks/timing.py: one warm-up each, then --repeats rounds a b c a b c
+...); each ratio is taken per round and printed as median [min, max] over the rounds. Examples:
 
     python benchmarks/bench_sampling.py --device cuda --compile --depth 2 4 8 --mfu
     python benchmarks/bench_sampling.py --device cpu --positions 64 --repeats 2
@@ -22,15 +22,15 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import MIN_ROUNDS, Spread, check_line, ratio_spread, time_interleaved  # noqa: E402
 from dnd.transformer import (  # noqa: E402
     SamplingConfig,
     Transformer,
@@ -56,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="bf16 (GPU default) or fp32 (CPU)")
     parser.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (!= 1 doubles the batch)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the cached decode step")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up (fastest reported)")
+    parser.add_argument("--repeats", type=int, default=MIN_ROUNDS, help="timed rounds after one warm-up")
     parser.add_argument("--mfu", action="store_true", help="also estimate the MFU of a training step (GPU only)")
     parser.add_argument("--mfu-batch", type=int, default=32, help="code maps per training step for --mfu")
     parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator bf16 peak (default: by name)")
@@ -75,13 +75,18 @@ class SamplingRun:
     depth: int
     positions: int  # forward passes per image set
     cached: bool = True
-    seconds: float = math.inf  # fastest run so far
+    times: list[float] = field(default_factory=list)  # one per timed round
+
+    @property
+    def seconds(self) -> float:
+        return Spread.of(self.times).median
 
     def row(self, batch: int) -> str:
         codes = self.positions * self.depth
+        spread = Spread.of(self.times)
         return (
-            f"{self.name:<34} {self.positions:>7} {codes:>7} {self.seconds:>9.3f} "
-            f"{batch * codes / self.seconds:>11.0f} {batch / self.seconds:>9.2f}"
+            f"{self.name:<34} {self.positions:>7} {codes:>7} {spread.median:>9.3f} {spread.low:>7.3f} "
+            f"{spread.high:>7.3f} {batch * codes / self.seconds:>11.0f} {batch / self.seconds:>9.2f}"
         )
 
 
@@ -111,34 +116,22 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def seconds_of(run: Callable[[], object], device: str) -> float:
-    sync(device)
-    start = time.perf_counter()
-    run()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def time_round_robin(args: argparse.Namespace, runs: list[SamplingRun]) -> None:
-    """One warm-up each (allocation, kernel choice, compilation), then `repeats` rounds over all runs,
-    keeping each run's fastest: interference from other processes only ever adds time, and
-    interleaving spreads what remains evenly over the runs being compared."""
+def time_runs(args: argparse.Namespace, runs: list[SamplingRun]) -> None:
+    """Build each model once, then time all runs interleaved (warm-up, then --repeats rounds)."""
     models: dict[tuple[str, int, int], Transformer] = {}
     labels = torch.randint(0, TransformerConfig.num_classes, (args.batch,))
     cfg = SamplingConfig(temperature=1.0, cfg_scale=args.cfg_scale)
-    calls = []
+    calls = {}
     for run in runs:
         key = (run.variant, run.depth, run.positions)
         if key not in models:  # the cached and uncached (d) runs share a model when P matches
             models[key] = build(args, *key)
         model = models[key]
         options = dict(num_positions=run.positions, use_cache=run.cached, compile=args.compile and run.cached)
-        calls.append(lambda model=model, options=options: sample_sequence(model, labels, cfg, **options))
-    for call in calls:
-        call()
-    for _ in range(args.repeats):
-        for run, call in zip(runs, calls):
-            run.seconds = min(run.seconds, seconds_of(call, args.device))
+        calls[run.name] = lambda model=model, options=options: sample_sequence(model, labels, cfg, **options)
+    times = time_interleaved(calls, args.repeats, sync=lambda: sync(args.device))
+    for run in runs:
+        run.times = times[run.name]
 
 
 def training_mfu(args: argparse.Namespace, depth: int) -> str:
@@ -167,7 +160,10 @@ def training_mfu(args: argparse.Namespace, depth: int) -> str:
         optimizer.zero_grad(set_to_none=True)
 
     step()  # warm-up (and compilation)
-    seconds = min(seconds_of(lambda: [step() for _ in range(5)], args.device) for _ in range(args.repeats)) / 5
+    seconds = Spread.of(
+        time_interleaved({"step": lambda: [step() for _ in range(5)]}, args.repeats, lambda: sync(args.device),
+                         warmup=False)["step"]
+    ).median / 5
     # 6 FLOPs per matmul weight per token (forward + backward) + causal attention (PaLM's estimate)
     embeddings = model.tok_embeddings.weight.numel() + model.class_embedding.weight.numel()
     tokens = grid * grid
@@ -202,9 +198,10 @@ def main() -> None:
     cached = SamplingRun(f"(d) DnD D={first_depth} cached, P={Pu}", "dnd", first_depth, Pu)
     uncached = SamplingRun(f"(d) DnD D={first_depth} uncached, P={Pu}", "dnd", first_depth, Pu, cached=False)
     runs += [cached, uncached]
-    time_round_robin(args, runs)
+    time_runs(args, runs)
 
-    print(f"{'run':<34} {'passes':>7} {'codes':>7} {'s/run':>9} {'codes/s':>11} {'images/s':>9}")
+    print(f"{args.repeats} interleaved rounds; s/run is the median, min and max beside it")
+    print(f"{'run':<34} {'passes':>7} {'codes':>7} {'s/run':>9} {'min':>7} {'max':>7} {'codes/s':>11} {'images/s':>9}")
     for run in runs:
         print(run.row(args.batch))
     checks = []
@@ -213,14 +210,15 @@ def main() -> None:
         floor = matmul_params(args, "dnd", depth, P) / one_d_weights
         print(f"(a)/(b) D={depth}: DnD multiplies {floor:.2f}x the weights of 1D per position "
               f"(its {depth} heads of {args.vocab} codes against one): the time ratio where matmuls dominate")
-        checks.append((f"(a)/(b) DnD D={depth} vs 1D over P: time ratio", dnd.seconds / one_d.seconds, "<=", 1.15))
-        speedup = long.seconds / dnd.seconds
+        checks.append((f"(a)/(b) DnD D={depth} vs 1D over P: time ratio", ratio_spread(dnd.times, one_d.times),
+                       "<=", 1.15))
+        speedup = ratio_spread(long.times, dnd.times)
         checks.append((f"(c)/(a) 1D over P*D vs DnD D={depth}: speed-up", speedup, ">=", 0.8 * depth))
-    checks.append((f"(d) uncached/cached at P={Pu}: speed-up", uncached.seconds / cached.seconds, ">=", 10.0))
+    checks.append((f"(d) uncached/cached at P={Pu}: speed-up", ratio_spread(uncached.times, cached.times),
+                   ">=", 10.0))
     print()
-    for label, value, op, bound in checks:
-        ok = value <= bound if op == "<=" else value >= bound
-        print(f"{'PASS' if ok else 'MISS'}  {label} = {value:.2f} (want {op} {bound:.2f})")
+    for label, spread, op, bound in checks:
+        print(check_line(label, spread, op, bound))
     if args.mfu:
         print(f"\ntraining-step MFU: {training_mfu(args, first_depth)}")
 
