@@ -10,6 +10,9 @@ Rows, each measured on random weights (speed does not depend on them):
           bytes being the weights it multiplies plus the KV cache it attends over
   ddp / fsdp  the B (DDP) and XXL (FSDP) training step over every GPU present: n/a below two GPUs
   tokenizer   the paper's RQ-VAE (paper_f16, 256 px, depth 2): encode and decode images/s, bf16 autocast
+  resume  the training loop on this device (bf16 autocast, fused AdamW, EMA, the per-rank RNG state in the
+          checkpoint): a tiny transformer stopped half-way and resumed ends with the weights of an
+          uninterrupted run (deterministic kernels, in a process of its own so the timed rows are not slowed)
 
 `--smoke` runs every row at toy sizes on any device (the test suite runs it on CPU); its numbers mean
 nothing beyond "the code path works".
@@ -239,13 +242,69 @@ def distributed_row(mode: str, sizes: Sizes, world: int) -> Row:
                f"{params / 1e9:.2f}B params, eager; [min, max] {spread.low * 1e3:.0f}–{spread.high * 1e3:.0f} ms")
 
 
+RESUME_SPEC = {"tokenizer": "tok", "data": "classes", "size": "tiny", "model": {"variant": "dnd"},
+               "train": {"batch_size": 8, "steps": 20, "lr": 3e-3, "eval_every": 10, "checkpoint_every": 5,
+                         "eval_batches": 1, "ema_decay": 0.99}}
+
+
+def _resume_worker(queue) -> None:
+    import tempfile
+
+    import numpy as np
+
+    from dnd.data.codes import CodeMapInfo, write_code_shard
+    from dnd.transformer.train import TransformerSpec, train_transformer
+
+    torch.use_deterministic_algorithms(True)  # the embedding backward adds with atomics on CUDA
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rng = np.random.default_rng(0)
+        for split, n in (("train", 48), ("val", 8)):
+            labels = [i % 3 for i in range(n)]
+            write_code_shard(root / "codes" / split / "shard-00000-of-00001.arrow", [f"{split}{i}" for i in range(n)],
+                             rng.integers(0, 64, (n, 4, 4, 2)), labels, CodeMapInfo(4, 4, 2, 64, "tok"))
+        spec = TransformerSpec.from_dict("resume", RESUME_SPEC)
+        train_transformer(spec, root / "codes", root / "whole" / "model.pt", root / "whole-work")
+        calls = iter(range(10**6))
+        stopped = train_transformer(spec, root / "codes", root / "split" / "model.pt", root / "split-work",
+                                    should_stop=lambda: next(calls) >= 9)
+        last = torch.load(root / "split-work" / "checkpoints" / "last.pt", weights_only=False)["step"]
+        train_transformer(spec, root / "codes", root / "split" / "model.pt", root / "split-work")
+        whole, split = (torch.load(root / name / "model.pt", weights_only=False) for name in ("whole", "split"))
+        diff = max((whole["state_dict"][k].float() - v.float()).abs().max().item() for k, v in split["state_dict"].items())
+        queue.put((stopped is None, last, whole["step"], split["step"], diff,
+                   "cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def resume_row() -> Row:
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    saved = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # what deterministic cuBLAS needs, for this process only
+    try:
+        worker = context.Process(target=_resume_worker, args=(queue,))
+        worker.start()
+        worker.join()
+    finally:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG") if saved is None else os.environ.update(CUBLAS_WORKSPACE_CONFIG=saved)
+    if worker.exitcode != 0:
+        return Row("resume == uninterrupted", "failed", f"the worker exited with {worker.exitcode} (its traceback above)")
+    stopped, last, whole_step, split_step, diff, where = queue.get()
+    same = stopped and whole_step == split_step and diff == 0.0
+    return Row("resume == uninterrupted", "yes" if same else f"NO (max |Δw| {diff:.3g})",
+               f"tiny DnD on {where}, {RESUME_SPEC['train']['steps']} steps, stopped after step {last} and resumed; "
+               f"best steps {whole_step} / {split_step}; max |Δ weight| {diff:.3g} (deterministic algorithms)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="toy sizes: check the code paths, on any device")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-compile", action="store_true", help="eager training step and decode step")
-    parser.add_argument("--rows", nargs="+", default=["train", "sample", "ddp", "fsdp", "tokenizer"],
-                        choices=["train", "sample", "ddp", "fsdp", "tokenizer"])
+    parser.add_argument("--rows", nargs="+", default=["train", "sample", "ddp", "fsdp", "tokenizer", "resume"],
+                        choices=["train", "sample", "ddp", "fsdp", "tokenizer", "resume"])
     args = parser.parse_args()
     sizes = SMOKE if args.smoke else Sizes()
     device = torch.device(args.device)
@@ -264,6 +323,7 @@ def main() -> None:
         "ddp": lambda: [distributed_row("ddp", sizes, gpus)],
         "fsdp": lambda: [distributed_row("fsdp", sizes, gpus)],
         "tokenizer": lambda: tokenizer_rows(sizes, device),
+        "resume": lambda: [resume_row()],
     }
     for name in args.rows:
         started = time.perf_counter()

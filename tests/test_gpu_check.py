@@ -17,9 +17,11 @@ def test_gpu_check_smoke_prints_every_row_on_cpu():
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     names = [line.split(" | ")[0].lstrip("| ") for line in table[1:]]
     assert names == ["train step tiny", "sample DnD-tiny D=2", "sample 1D-tiny", "sample DnD/1D time",
-                     "ddp step tiny", "fsdp step tiny", "tokenizer encode", "tokenizer decode"]
+                     "ddp step tiny", "fsdp step tiny", "tokenizer encode", "tokenizer decode",
+                     "resume == uninterrupted"]
     for line in table[1:]:
         value = line.split(" | ")[1]
         assert value not in ("n/a", "failed"), line  # smoke mode stands in two CPU ranks for the GPUs
+    assert table[-1].split(" | ")[1] == "yes"  # resumed weights equal the uninterrupted run's, bit for bit
     ratio = float(table[4].split(" | ")[1].split()[0])
     assert 0.2 < ratio < 5  # DnD and 1D time the same backbone: a ratio far off means a broken timing
