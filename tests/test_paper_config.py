@@ -64,7 +64,7 @@ def toy_overlay(paper: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]
             "sampling": {"n": 2, "batch_size": 2, "num_inference_steps": 2}}
     return {
         "data": {
-            "wiki_text": {"dump": inputs["dump"], "max_articles": 6},
+            "wiki_text": {"dump": inputs["dump"], "max_articles": 3},  # one article each for train, val, test
             "text_image": {"shards": 2, "splits": {"test_max_images": 16}},  # one article: ~10 pages
             "arxiv_image": {"pdfs": inputs["pdfs"], "shards": 2, "raster": {"max_pages_per_paper": 2}, "splits": {"test_max_images": 4}},
             "classes": {"root": inputs["classes"], "shards": 2, "splits": {"test_max_images": 3}},
