@@ -43,15 +43,30 @@ class WikiTextConfig:
     max_words: int = 100  # words per chunk (the paper: at most 100 words per image)
     max_articles: int | None = None  # stop after this many kept articles; None = the whole dump
     min_words: int = 20  # articles with fewer words of prose are skipped (stubs, lists)
+    # Headings from which an article's tail is cut: "@en", "@de", … name the sets of dnd.data.wiki's
+    # APPENDIX_SECTIONS; any other entry is a heading itself (case and spacing don't matter).
+    appendix_sections: tuple[str, ...] = ("@en",)
+    # A dump cut short (an interrupted download) or a page without <id>: False keeps every complete
+    # page before the cut (reported as truncated), skips the page; True stops with an error naming
+    # the file and the byte offset (or the page).
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "appendix_sections", tuple(self.appendix_sections))  # frozen: YAML gives a list
 
 
 def extract_wiki_text(cfg: WikiTextConfig, out_path: Path) -> dict[str, int]:
-    from dnd.data.wiki import chunk_words, clean_wikitext, iter_pages
+    from dnd.data.wiki import CleaningRules, DumpReport, appendix_headings, chunk_words, clean_wikitext, iter_pages
 
+    appendix_headings(cfg.appendix_sections)  # an unknown "@xx" set fails before the dump is read
     stats: Counter = Counter()
+    report = DumpReport()
+    rules = None  # from the dump's own namespace names, read from <siteinfo> before the first page
     rows: dict[str, list] = {name: [] for name in CHUNK_SCHEMA.names}
-    for page in iter_pages(Path(cfg.dump), stats):
-        prose = clean_wikitext(page.wikitext)
+    for page in iter_pages(Path(cfg.dump), stats, report=report, strict=cfg.strict):
+        if rules is None:
+            rules = CleaningRules.for_dump(report.namespaces, cfg.appendix_sections)
+        prose = clean_wikitext(page.wikitext, rules)
         if len(prose.split()) < cfg.min_words:
             stats["too_short"] += 1
             continue
@@ -67,8 +82,15 @@ def extract_wiki_text(cfg: WikiTextConfig, out_path: Path) -> dict[str, int]:
     stats["words"] = sum(len(text.split()) for text in rows["text"])
     with atomic_path(out_path) as tmp:
         pq.write_table(pa.Table.from_pydict(rows, schema=CHUNK_SCHEMA), tmp, compression="zstd")
-    write_provenance(out_path, "extract_wiki_text", cfg.__dict__, dump_sha256=file_sha256(Path(cfg.dump)), stats=stats)
+    write_provenance(
+        out_path, "extract_wiki_text", _as_dict(cfg), dump_sha256=file_sha256(Path(cfg.dump)), stats=stats,
+        dump=report.as_dict(),
+    )
     log.info("extracted %s from %s", dict(sorted(stats.items())), cfg.dump)
+    if report.truncated:
+        log.warning("%s: TRUNCATED dump, cut at %s; the chunks hold every complete page before the cut", cfg.dump, report.cut)
+    if report.pages_without_id:
+        log.warning("%s: %d page(s) without <id> skipped: %s", cfg.dump, len(report.pages_without_id), report.pages_without_id)
     return dict(stats)
 
 
