@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -127,12 +127,29 @@ def _read_shard_chunks(task: ShardTask) -> list[dict[str, Any]]:
     return table.filter(pa.array(keep)).to_pylist()
 
 
+def _drawable_chunks(task: ShardTask, layout: PageLayout, stats: Counter) -> Iterator[tuple[dict[str, Any], str]]:
+    """This shard's chunks as the font can draw them: words it cannot draw are dropped from image and
+    label alike (counted), a chunk left without a word is skipped (counted)."""
+    for row in _read_shard_chunks(task):
+        drawable = layout.drawable(row["text"])
+        if drawable.dropped_chars:
+            stats["undrawable_words"] += drawable.dropped_words
+            stats["undrawable_chars"] += drawable.dropped_chars
+            stats["chunks_with_undrawable_text"] += 1
+            for char in drawable.missing:
+                stats[f"undrawable:U+{ord(char):04X}"] += 1  # chunks where the character was met
+        if not drawable.text:
+            stats["undrawable_chunks"] += 1
+            continue
+        yield row, drawable.text
+
+
 def count_shard_pages(task: ShardTask) -> dict[str, int]:
     """Layout pass: pages per article title, without drawing."""
     layout = PageLayout(task.render)
     counts: Counter = Counter()
-    for row in _read_shard_chunks(task):
-        counts[row["title"]] += len(layout.pages(row["text"]))
+    for row, text in _drawable_chunks(task, layout, Counter()):
+        counts[row["title"]] += len(layout.pages(text))
     return dict(counts)
 
 
@@ -146,10 +163,11 @@ def render_shard(task: ShardTask) -> dict[str, int]:
     if marker.exists():
         return {"reused_shard": 1}
     layout = PageLayout(task.render)
+    stats: Counter = Counter()
     per_split: dict[str, list[dict[str, Any]]] = {split: [] for split in shards.SPLITS}
-    for row in _read_shard_chunks(task):
+    for row, text in _drawable_chunks(task, layout, stats):
         split = task.splits[row["title"]]
-        for page_index, lines in enumerate(layout.pages(row["text"])):
+        for page_index, lines in enumerate(layout.pages(text)):
             per_split[split].append(
                 {
                     "id": f"{row['title_hash']:016x}-{row['chunk']:04d}-{page_index:02d}",
@@ -163,7 +181,7 @@ def render_shard(task: ShardTask) -> dict[str, int]:
     for split, records in per_split.items():
         shards.write_shard(task.out_dir / split / shards.shard_name(task.index, task.count), records, schema)
     marker.touch()
-    return {f"images_{split}": len(records) for split, records in per_split.items()}
+    return {**stats, **{f"images_{split}": len(records) for split, records in per_split.items()}}
 
 
 def render_text_images(cfg: TextImageConfig, chunks: Path, out_dir: Path, work_dir: Path) -> dict[str, int]:
@@ -178,6 +196,9 @@ def render_text_images(cfg: TextImageConfig, chunks: Path, out_dir: Path, work_d
     stats: Counter = Counter()
     for shard_stats in map_shards("render_text_images", render_shard, tasks, work_dir):
         stats.update(shard_stats)
+    # Characters the font cannot draw: counted per character in the manifest, named in the log.
+    undrawable = {key.split(":", 1)[1]: n for key, n in stats.items() if key.startswith("undrawable:")}
+    stats = Counter({key: n for key, n in stats.items() if not key.startswith("undrawable:")})
     images = {split: sum(page_counts[t] for t, s in splits.items() if s == split) for split in shards.SPLITS}
     articles = Counter(splits.values())
     manifest = {
@@ -185,12 +206,21 @@ def render_text_images(cfg: TextImageConfig, chunks: Path, out_dir: Path, work_d
         "shards": cfg.shards,
         "images": images,
         "articles": {split: articles.get(split, 0) for split in shards.SPLITS},
-        "stats": dict(stats),
+        "stats": dict(sorted(stats.items())),
+        # code point → chunks where it was met; its words were dropped from image and label
+        "undrawable_characters": dict(sorted(undrawable.items(), key=lambda item: (-item[1], item[0]))),
     }
     with atomic_dir(out_dir) as tmp:
         shards.publish(shard_dir, tmp, manifest)
         write_provenance(tmp, "render_text_images", _as_dict(cfg), font_sha256=file_sha256(font), images=images)
     log.info("rendered %s images (%s)", sum(images.values()), images)
+    if undrawable:
+        common = ", ".join(f"{code} {chr(int(code[2:], 16))!r} ×{n}" for code, n in list(manifest["undrawable_characters"].items())[:20])
+        log.warning(
+            "%s: the font cannot draw %d distinct character(s); dropped %d word(s) (%d characters) from images and "
+            "labels alike, %d chunk(s) left empty. Most met: %s",
+            font, len(undrawable), stats["undrawable_words"], stats["undrawable_chars"], stats["undrawable_chunks"], common,
+        )
     return images
 
 
