@@ -261,7 +261,7 @@ def rasterize_pdf(path: Path, cfg: RasterConfig, stats: Counter, log: logging.Lo
             stats["no_text_layer_page"] += len(pages_without_text)
             kind = "" if doc.is_pdf else " (MuPDF read it as an image, not a PDF)"
             log.warning(
-                "%s: %d of %d page(s) have no text layer%s (scanned or image-only): pages %s give no image",
+                "%s: %d of %d page(s) have no text layer%s (scanned or image-only), so no image from page(s) %s",
                 path, len(pages_without_text), pages_done, kind, _page_list(pages_without_text),
             )
         if not pages_done:

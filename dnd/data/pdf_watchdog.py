@@ -48,11 +48,26 @@ def _hang_if_asked(pdf: str) -> None:
             time.sleep(3600)
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills the reader when the shard's process dies (killed, requeued): a reader
+    looping in C would otherwise outlive it and burn a core for ever."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pipe's end of file still stops an idle reader
+        pass
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _reader_main(conn: Connection, raster: Any, schema: pa.Schema, source_root: str) -> None:
     """The child: rasterize each file it is sent into its part file; answer with counts and log lines."""
     from dnd.data.pdf import rasterize_pdf
     from dnd.data.shards import write_shard
 
+    _die_with_parent()
     log = logging.getLogger("dnd.pdf.reader")
     log.propagate = False  # its lines travel with the answer and are logged by the shard's process
     log.setLevel(logging.INFO)

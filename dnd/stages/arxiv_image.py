@@ -292,8 +292,7 @@ def rasterize_pdfs(cfg: ArxivImageConfig, out_dir: Path, work_dir: Path) -> dict
     with atomic_dir(out_dir) as tmp:
         shards.publish(shard_dir, tmp, manifest)
         write_provenance(tmp, "rasterize_pdfs", asdict(cfg), images=manifest["images"])
-    faults = {k: v for k, v in stats.items() if k.startswith(NAMED_EVENTS) or k in ("duplicate_file", "superseded_version")}
-    log.info("rasterized %d PDFs into %s images; counts: %s", len(pdfs), manifest["images"], dict(sorted(faults.items())) or "no faults")
+    log.info("rasterized %d PDFs into %s images; counts: %s", len(pdfs), manifest["images"], manifest["stats"])
     for event in manifest["skipped_or_repaired"]:
         level = logging.INFO if event["event"] == "repaired_file" else logging.WARNING
         log.log(level, "  %s: %s ×%d", event["file"], event["event"], event["count"])
