@@ -385,10 +385,10 @@ _LIST_MARKER = re.compile(r"\n[*#:;]+")  # list items and indents are kept as te
 # Link prefixes whose target is not shown as text: the canonical English names (every wiki accepts
 # them) and the largest wikis' names; a dump's own localized names come from its <siteinfo>.
 _HIDDEN_LINK_NAMESPACES = frozenset(
-    "file image category media datei bild kategorie fichier catégorie archivo imagen categoría ficheiro "
+    "file image category datei bild kategorie fichier catégorie archivo imagen categoría ficheiro "
     "imagem categoria immagine файл изображение категория".split()
 )
-HIDDEN_NAMESPACE_KEYS = (-2, 6, 14)  # Media, File, Category: links into them draw no text
+HIDDEN_NAMESPACE_KEYS = (6, 14)  # File, Category: links into them draw no text (Media: links do)
 # Interlanguage prefixes ("de", "zh-min-nan"), written in lower case, unlike titles such as "UFC: …".
 _LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]+)*|simple")
 
