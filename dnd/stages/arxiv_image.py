@@ -93,16 +93,15 @@ def _version(pdf: Path) -> int:
     return int(match.group(1)) if match else 0
 
 
-def version_groups(pdfs: list[Path]) -> list[tuple[str, list[Path]]]:
-    """(key, files) per paper: the files whose names hold one arXiv id, newest version first (then by
-    name); a file whose name holds no id is a group of its own, keyed by its name."""
+def version_groups(pdfs: list[Path]) -> list[list[Path]]:
+    """The files of each paper (those whose names hold one arXiv id), newest version first (then by
+    name), in the order of their newest files; a file whose name holds no id is a group of its own."""
     groups: dict[str, list[Path]] = defaultdict(list)
     for pdf in pdfs:
         paper = paper_id_from(pdf, None)
-        groups[paper if paper != pdf.stem else f"file:{pdf.name}"].append(pdf)
-    return sorted(
-        (key, sorted(files, key=lambda f: (_version(f), f.name, str(f)), reverse=True)) for key, files in groups.items()
-    )
+        groups[paper if paper != pdf.stem else f"file:{pdf}"].append(pdf)
+    newest_first = [sorted(files, key=lambda f: (_version(f), f.name, str(f)), reverse=True) for files in groups.values()]
+    return sorted(newest_first, key=lambda files: str(files[0]))
 
 
 @dataclass(frozen=True)
@@ -236,8 +235,8 @@ def rasterize_pdfs(cfg: ArxivImageConfig, out_dir: Path, work_dir: Path) -> dict
     pdfs = list_pdfs(source)
     groups = version_groups(pdfs)
     by_shard: list[list[tuple[str, ...]]] = [[] for _ in range(cfg.shards)]
-    for key, files in groups:  # by paper: adding a PDF never moves other papers to another shard
-        by_shard[key_hash(key) % cfg.shards].append(tuple(map(str, files)))
+    for files in groups:  # by the newest file's name: adding a PDF never moves other papers to another shard
+        by_shard[key_hash(files[0].name) % cfg.shards].append(tuple(map(str, files)))
     raw_dir = work_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
     tasks = [
