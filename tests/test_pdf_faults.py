@@ -152,10 +152,10 @@ def test_a_hanging_file_is_killed_counted_and_not_read_again(tmp_path, caplog, m
     raw.with_suffix(".json").unlink()
     raw.unlink()
     task = _task_of(raw, pdfs, tmp_path, timeout=3)
-    started = time.monotonic()
     summary = rasterize_shard(task)
-    assert time.monotonic() - started < 2.5  # no new wait for a time-out
     assert summary["stats"]["skipped_file:timeout"] == 1
+    journal = [json.loads(line)["file"] for line in raw.with_suffix(".files.jsonl").read_text().splitlines()]
+    assert journal.count(str(pdfs / "2104.00002v1.pdf")) == 1  # never handed to a reader again
     lines = raw.with_suffix(".log.jsonl").read_text()
     assert "in an earlier run; not read again" in lines and "resuming after" in lines
 
@@ -163,7 +163,7 @@ def test_a_hanging_file_is_killed_counted_and_not_read_again(tmp_path, caplog, m
 def _task_of(raw: Path, pdfs: Path, tmp_path: Path, timeout: float) -> RasterShardTask:
     index, count = (int(part) for part in raw.stem.removeprefix("raw-").split("-of-"))
     journal = [json.loads(line)["file"] for line in raw.with_suffix(".files.jsonl").read_text().splitlines()]
-    return RasterShardTask(tuple((f,) for f in journal), index, count, FAST, raw.parent, str(pdfs), timeout)
+    return RasterShardTask(tuple((f,) for f in dict.fromkeys(journal)), index, count, FAST, raw.parent, str(pdfs), timeout)
 
 
 def _run_shard(task: RasterShardTask) -> None:
@@ -189,11 +189,12 @@ def test_a_killed_shard_resumes_after_its_last_finished_file(tmp_path, monkeypat
     assert len(journal.read_text().splitlines()) == 2 and not raw.exists()
     parts = sorted(raw.with_suffix(".parts").glob("*.parquet"))
     assert len(parts) == 2  # the two finished files' crops, on disk, not in the killed process's memory
-    stamps = [p.stat().st_mtime_ns for p in parts]
 
     monkeypatch.delenv(HANG_ENV)
     summary = rasterize_shard(task)
-    assert [p.stat().st_mtime_ns for p in parts] == stamps  # finished files were not read again
+    read = [json.loads(line)["file"] for line in journal.read_text().splitlines()]
+    assert read == files  # the two finished files were not read again, the other two once each
+    assert not raw.with_suffix(".parts").exists()  # merged into the raw shard
     assert summary["stats"]["file_ok"] == 4 and summary["stats"]["images"] == 8
     table = shards.pq.read_table(raw)
     assert sorted(table["id"].to_pylist()) == [f"2105.0000{n}/p000{p}/c0" for n in range(1, 5) for p in range(2)]

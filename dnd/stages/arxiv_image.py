@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -212,6 +213,7 @@ def rasterize_shard(task: RasterShardTask) -> dict[str, Any]:
     files = {pdf: {"paper_id": r["paper_id"], "images": r["images"]} for pdf, r in chosen.items()}
     summary = {"stats": dict(+stats), "events": events, "files": files, "superseded": superseded}
     shards.write_json(summary_path, summary)
+    shutil.rmtree(parts)  # the raw shard holds them now (the summary marks it finished)
     return summary
 
 
