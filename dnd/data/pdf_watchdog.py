@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from multiprocessing.connection import Connection
@@ -96,6 +97,13 @@ def _reader_main(conn: Connection, raster: Any, schema: pa.Schema, source_root: 
                    "images": len(records), "log": lines.lines})
 
 
+def _start_method() -> str:
+    """"fork" starts a reader in milliseconds where "spawn" pays a Python start and the imports again
+    (seconds on a loaded node, per shard and per replaced reader). A shard's process holds no OpenMP/MKL
+    thread pools, which a forked child could inherit half-locked; one that imported torch does: spawn."""
+    return "spawn" if "torch" in sys.modules else "fork"
+
+
 class WatchedReader:
     """Reads PDFs in a child process with a time limit per file; a context manager that stops its child."""
 
@@ -108,8 +116,7 @@ class WatchedReader:
         self.killed_pids: list[int] = []
 
     def _start(self) -> None:
-        # "spawn": the shard's process may hold thread pools a forked child would inherit half-locked.
-        context = multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context(_start_method())
         self.conn, child_end = context.Pipe()
         self.process = context.Process(target=_reader_main, args=(child_end, *self.args), daemon=True)
         self.process.start()
