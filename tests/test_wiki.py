@@ -343,6 +343,13 @@ def test_cut_xml_keeps_every_complete_page_and_reports_the_cut(tmp_path, caplog)
     with pytest.raises(DumpFault, match=rf"{re.escape(str(dump))}: the dump is cut short at byte {cut_at}"):
         list(iter_pages(dump, strict=True))
 
+    # XML broken before its end (not a cut): the same pages are kept, the fault is named as such.
+    broken = tmp_path / "broken.xml"
+    broken.write_bytes(whole[:cut_at] + b"<<garbage>>" + whole[cut_at:])
+    stats, report = collections.Counter(), DumpReport()
+    assert [p.title for p in iter_pages(broken, stats, report=report)] == ["Article 1", "Article 2", "Article 3"]
+    assert stats == {"article": 3, "malformed": 1} and not report.truncated and report.cut["fault"] == "malformed"
+
 
 def test_bz2_cut_mid_block_keeps_the_pages_of_the_blocks_before(tmp_path, caplog):
     pages = _pages(40, words=600)  # ≈ 5 KB of XML a page, ≈ 200 KB in all: two 100 KB blocks and a bit
@@ -434,3 +441,36 @@ def test_appendix_sections_config_entries():
     assert clean_wikitext("A sentence.\n== See also ==\ngone", rules) == "A sentence. gone"  # not asked for
     with pytest.raises(ValueError, match="unknown set '@xx'"):
         CleaningRules.for_dump({}, ["@xx"])
+
+
+def test_extract_stage_records_a_cut_dump_and_strict_stops(tmp_path, caplog):
+    import json
+    import logging
+
+    import pyarrow.parquet as pq
+
+    from dnd.stages.text_image import WikiTextConfig, extract_wiki_text
+
+    pages = _pages(6, words=30)
+    whole = bz2.compress(export([page_xml(*page) for page in pages]).encode())
+    dump = tmp_path / "cut.xml.bz2"
+    dump.write_bytes(whole[:-40])  # the end-of-stream marker and the last bytes are missing
+    # one bz2 block: nothing can be decompressed, and the stage still finishes and says so
+    out = tmp_path / "chunks.parquet"
+    with caplog.at_level(logging.INFO):
+        stats = extract_wiki_text(WikiTextConfig(dump=str(dump), min_words=1), out)
+    assert stats["truncated"] == 1 and pq.read_table(out).num_rows == 0
+    record = json.loads((tmp_path / "chunks.parquet.provenance.json").read_text())
+    assert record["dump"]["truncated"] is True and record["dump"]["cut"]["compressed_offset"] == len(whole) - 40
+    assert any(r.levelname == "WARNING" and "TRUNCATED dump" in r.getMessage() for r in caplog.records)
+
+    xml = export([page_xml(*page) for page in pages]).encode()
+    dump = tmp_path / "cut.xml"
+    dump.write_bytes(xml[: xml.index(b"<title>Article 5</title>")])
+    stats = extract_wiki_text(WikiTextConfig(dump=str(dump), min_words=1), out)
+    assert stats["kept_article"] == 4 and pq.read_table(out)["title"].to_pylist() == [f"Article {i}" for i in range(1, 5)]
+    assert pq.read_table(out)["text"].to_pylist() == [page[2] for page in pages[:4]]
+    out.unlink()
+    with pytest.raises(DumpFault, match=f"{re.escape(str(dump))}: the dump is cut short at byte"):
+        extract_wiki_text(WikiTextConfig(dump=str(dump), min_words=1, strict=True), out)
+    assert not out.exists()  # strict: nothing written

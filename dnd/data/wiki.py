@@ -100,8 +100,9 @@ class DumpReport:
     file: str = ""
     namespaces: dict[str, int] = field(default_factory=dict)  # "Thể loại" → 14, from <siteinfo>
     truncated: bool = False
-    # Where the input broke off: bytes of XML read (`offset`), for a compressed dump also the byte of
-    # the file (`compressed_offset`), the last page kept before the cut and the reader's message.
+    # Where the input broke off: `fault` ("truncated", or "malformed" XML before the end), bytes of XML
+    # read (`offset`; the parser's message has the line and column), for a compressed dump also the
+    # byte of the file (`compressed_offset`), the last page kept before it and the reader's message.
     cut: dict[str, object] | None = None
     pages_without_id: list[str] = field(default_factory=list)  # titles of articles skipped for lack of <id>
 
@@ -201,26 +202,30 @@ def _pages_from_chunks(
     parser = ET.XMLPullParser(events=("start", "end"))
     reader = _PageReader(stats if stats is not None else collections.Counter(), report, strict)
     offset = 0  # bytes of XML handed to the parser
+    closing = False  # a parse error only at the end means the document stops early: a cut file
     try:
         for chunk in chunks:
             parser.feed(chunk)
             offset += len(chunk)
             yield from reader.consume(parser.read_events())
+        closing = True
         parser.close()  # raises ParseError on a truncated document
         yield from reader.consume(parser.read_events())
     except (_CutInput, ET.ParseError) as err:
-        cut = {"offset": offset, "last_page": reader.last_title, "error": str(err)}
+        fault = "truncated" if closing or isinstance(err, _CutInput) else "malformed"
+        cut = {"fault": fault, "offset": offset, "last_page": reader.last_title, "error": str(err)}
         if isinstance(err, _CutInput) and err.compressed_offset is not None:
             cut["compressed_offset"] = err.compressed_offset
         where = f"byte {offset} of its XML" + (
             f" (byte {cut['compressed_offset']} of the file)" if "compressed_offset" in cut else ""
         )
+        what = "cut short" if fault == "truncated" else "malformed (not a cut: the XML is broken before its end)"
         if strict:
-            raise DumpFault(f"{report.file}: the dump is cut short at {where}: {err}") from err
-        report.truncated, report.cut = True, cut
-        reader.stats["truncated"] += 1
+            raise DumpFault(f"{report.file}: the dump is {what} at {where}: {err}") from err
+        report.truncated, report.cut = fault == "truncated", cut
+        reader.stats[fault] += 1
         kept = f"the last {reader.last_title!r}" if reader.last_title is not None else "none was complete"
-        log.warning("%s: the dump is cut short at %s (%s); kept every complete page before it (%s)", report.file, where, err, kept)
+        log.warning("%s: the dump is %s at %s (%s); kept every complete page before it (%s)", report.file, what, where, err, kept)
 
 
 def _revision_order(revision: ET.Element, tag_timestamp: str, tag_id: str) -> tuple[str, int]:

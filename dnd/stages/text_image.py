@@ -87,8 +87,8 @@ def extract_wiki_text(cfg: WikiTextConfig, out_path: Path) -> dict[str, int]:
         dump=report.as_dict(),
     )
     log.info("extracted %s from %s", dict(sorted(stats.items())), cfg.dump)
-    if report.truncated:
-        log.warning("%s: TRUNCATED dump, cut at %s; the chunks hold every complete page before the cut", cfg.dump, report.cut)
+    if report.cut:
+        log.warning("%s: %s dump (%s); the chunks hold every complete page before the fault", cfg.dump, report.cut["fault"].upper(), report.cut)
     if report.pages_without_id:
         log.warning("%s: %d page(s) without <id> skipped: %s", cfg.dump, len(report.pages_without_id), report.pages_without_id)
     return dict(stats)
