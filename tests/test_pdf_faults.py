@@ -217,3 +217,28 @@ def test_the_standalone_command_logs_every_count_to_its_own_log(tmp_path):
     text = log_file.read_text()
     assert "WARNING" in text and "2106.00003v1.pdf: skipped file (not_a_pdf)" in text
     assert "skipped_file:not_a_pdf ×1" in text and "'file_ok': 2" in text
+
+
+def test_a_reader_that_dies_is_counted_and_replaced(tmp_path, monkeypatch):
+    """MuPDF can also abort the whole process (a segfault in C): the file is named, a new reader reads on."""
+    import signal
+    import threading
+
+    from dnd.data.pdf_watchdog import WatchedReader
+    from dnd.stages.arxiv_image import EXTRA_FIELDS
+
+    pdfs = tmp_path / "pdfs"
+    dying, good = write_paper(pdfs / "dies.pdf", "Never read"), write_paper(pdfs / "good.pdf", "Read after it")
+    monkeypatch.setenv(HANG_ENV, "dies.pdf")
+    with WatchedReader(FAST, shards.image_schema(EXTRA_FIELDS), str(pdfs), 60, logging.getLogger("test")) as reader:
+        assert reader.read(str(good), str(tmp_path / "part-0.parquet"))["images"] == 1  # the reader is up
+        threading.Timer(1.0, lambda: os.kill(reader.process.pid, signal.SIGKILL)).start()
+        started = time.monotonic()
+        died = reader.read(str(dying), str(tmp_path / "part-1.parquet"))
+        assert time.monotonic() - started < 30  # noticed at once, not after the time limit
+        assert died["stats"] == {"skipped_file:reader_crashed": 1} and died["images"] == 0
+        assert "dies.pdf: skipped file (reader_crashed): the reader process" in died["log"][0][1]
+        read = reader.read(str(good), str(tmp_path / "part-2.parquet"))
+    assert read["stats"]["file_ok"] == 1 and read["images"] == 1
+    assert shards.pq.read_table(tmp_path / "part-2.parquet")["text"].to_pylist() == ["Read after it page 0"]
+    assert len(reader.killed_pids) == 1 and not pid_alive(reader.killed_pids[0])

@@ -121,9 +121,14 @@ class WatchedReader:
         self.process = context.Process(target=_reader_main, args=(child_end, *self.args), daemon=True)
         self.process.start()
         child_end.close()  # so a dead child reads as end of file here
-        if not self.conn.poll(STARTUP_TIMEOUT_S) or self.conn.recv() != "ready":
+        try:
+            ready = self.conn.poll(STARTUP_TIMEOUT_S) and self.conn.recv() == "ready"
+        except EOFError:
+            ready = False
+        if not ready:
+            exitcode = self.process.exitcode
             self._stop(kill=True)
-            raise RuntimeError(f"the PDF reader process did not start within {STARTUP_TIMEOUT_S:g} s")
+            raise RuntimeError(f"the PDF reader process did not start within {STARTUP_TIMEOUT_S:g} s (exit code {exitcode})")
 
     def _stop(self, kill: bool) -> None:
         if self.process is None:
