@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pymupdf
-import pytest
 from PIL import Image
 
 from dnd.data import shards
