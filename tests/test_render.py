@@ -90,3 +90,58 @@ def test_shard_round_trip(tmp_path):
     empty = tmp_path / "val" / shards.shard_name(0, 1)
     shards.write_shard(empty, [], shards.image_schema())
     assert pq.read_table(empty).num_rows == 0
+
+
+# ---------------------------------------------------------------- characters the font cannot draw
+MIXED = "Punjabi (ਪੰਜਾਬੀ) and Hindi हिन्दी sit beside 中文 in an English sentence, zero\u2066width isolate."
+
+
+def test_drawable_drops_words_the_font_cannot_draw(layout):
+    # The fixture is real: DejaVu Sans has no Gurmukhi, Devanagari or CJK glyph (Pillow would draw boxes).
+    assert not {ord(c) for c in "ਪ ह 中".split()} & layout.codepoints
+    drawable = layout.drawable(MIXED)
+    assert drawable.text == "Punjabi and Hindi sit beside in an English sentence, zerowidth isolate."
+    assert drawable.dropped_words == 3
+    assert drawable.dropped_chars == len("(ਪੰਜਾਬੀ)") + len("हिन्दी") + len("中文") + 1  # + the isolate mark
+    assert set(drawable.missing) == set("ਪੰਜਾਬੀहिन्दी中文\u2066")
+    assert all(ord(c) in layout.codepoints for c in drawable.text)  # the label is exactly what is drawn
+    assert layout.drawable(PROSE) == (PROSE, 0, 0, "")  # text the font covers passes untouched
+
+
+def test_scripts_needing_shaping_are_dropped_without_raqm():
+    layout = PageLayout(RenderConfig())
+    arabic = "Cairo (القاهرة) is large."
+    assert layout.drawable(arabic).text == arabic if layout.shapes else "Cairo is large."
+    layout.shapes, layout._char_ok = False, {" ": True}  # as Pillow without raqm draws: unshaped, left to right
+    assert layout.drawable(arabic) == ("Cairo is large.", 1, len("(القاهرة)"), "القهرة")  # distinct, in order
+
+
+def test_render_stage_counts_and_names_undrawable_characters(tmp_path, caplog):
+    import json
+    import logging
+
+    import pyarrow as pa
+
+    from dnd.data.splits import key_hash
+    from dnd.stages.text_image import CHUNK_SCHEMA, TextImageConfig, render_text_images
+
+    chunks = tmp_path / "chunks.parquet"
+    texts = {"Mixed": MIXED, "Plain": PROSE[:200], "Only CJK": "中文 日本語"}
+    rows = {"title": list(texts), "title_hash": [key_hash(t) for t in texts], "chunk": [0] * 3, "text": list(texts.values())}
+    pq.write_table(pa.Table.from_pydict(rows, schema=CHUNK_SCHEMA), chunks)
+    cfg = TextImageConfig(render=RenderConfig(size=256, font_size=16, margin=8), shards=1,
+                          splits=SplitConfig(val_fraction=0.0, test_fraction=0.0, test_max_images=None))
+    with caplog.at_level(logging.INFO):
+        render_text_images(cfg, chunks, tmp_path / "out", tmp_path / "work")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    stats = manifest["stats"]
+    assert (stats["undrawable_words"], stats["undrawable_chunks"], stats["chunks_with_undrawable_text"]) == (5, 1, 2)
+    assert manifest["undrawable_characters"]["U+4E2D"] == 2 and manifest["undrawable_characters"]["U+0A2A"] == 1
+    records = [r for split in shards.SPLITS for r in shards.iter_records(tmp_path / "out", split)]
+    labels = {r["title"]: " ".join(r["text"].split()) for r in records}
+    assert labels == {"Mixed": layout_text(MIXED), "Plain": " ".join(PROSE[:200].split())}  # nothing else lost
+    assert any(r.levelname == "WARNING" and "U+4E2D '中'" in r.getMessage() for r in caplog.records)
+
+
+def layout_text(text: str) -> str:
+    return PageLayout(RenderConfig(size=256, font_size=16, margin=8)).drawable(text).text

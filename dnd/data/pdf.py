@@ -4,6 +4,9 @@ Real PDFs break in quiet ways: empty or foreign files, user passwords, page tree
 a page is loaded, files MuPDF repairs behind our back. A bad file or page is skipped, counted in
 `stats` (`skipped_file:<reason>`, `skipped_page:<step>`) and logged by name; it never stops the stage
 nor costs the good pages around it. Every file ends as exactly one of `file_ok` or `skipped_file:*`.
+Pages without a text layer (scans, image-only PDFs, an image file named `.pdf`, which MuPDF opens as
+a one-page document) give no crop with text: they are counted (`no_text_layer_page`) and named at
+WARNING, and a file that yields no image at all ends as `skipped_file:no_image`, not as fine.
 """
 
 from __future__ import annotations
@@ -224,6 +227,8 @@ def rasterize_pdf(path: Path, cfg: RasterConfig, stats: Counter, log: logging.Lo
             log.warning("%s: MuPDF repaired the file while opening it; its pages are kept and flagged", path)
         paper_id = None
         pages_done = 0
+        images_before = stats["images"]
+        pages_without_text: list[int] = []
         for index in range(min(page_count, cfg.max_pages_per_paper or page_count)):
             try:
                 crops = _page_crops_with_text(doc, index, cfg)
@@ -235,6 +240,8 @@ def rasterize_pdf(path: Path, cfg: RasterConfig, stats: Counter, log: logging.Lo
                 paper_id = paper_id_from(path, " ".join(text for _, text in crops))
             stats["pages"] += 1
             pages_done += 1
+            if not any(text for _, text in crops):
+                pages_without_text.append(index)
             for crop_index, (crop, text) in enumerate(crops):
                 if len(text) < cfg.min_text_chars:
                     stats["blank_crops"] += 1
@@ -250,9 +257,23 @@ def rasterize_pdf(path: Path, cfg: RasterConfig, stats: Counter, log: logging.Lo
                     "crop": crop_index,
                     "repaired": repaired,
                 }
-        if pages_done:
-            stats["file_ok"] += 1
-        else:
+        if pages_without_text:
+            stats["no_text_layer_page"] += len(pages_without_text)
+            kind = "" if doc.is_pdf else " (MuPDF read it as an image, not a PDF)"
+            log.warning(
+                "%s: %d of %d page(s) have no text layer%s (scanned or image-only), so no image from page(s) %s",
+                path, len(pages_without_text), pages_done, kind, _page_list(pages_without_text),
+            )
+        if not pages_done:
             stats["skipped_file:no_readable_page"] += 1
             log.warning("%s: skipped file (no_readable_page): none of its pages could be rendered", path)
+        elif stats["images"] == images_before:
+            stats["skipped_file:no_image"] += 1
+            log.warning("%s: skipped file (no_image): no crop holds text (min_text_chars=%d)", path, cfg.min_text_chars)
+        else:
+            stats["file_ok"] += 1
         _flush_mupdf_messages(path, log)
+
+
+def _page_list(pages: list[int], shown: int = 20) -> str:
+    return ", ".join(map(str, pages[:shown])) + (f", … ({len(pages) - shown} more)" if len(pages) > shown else "")

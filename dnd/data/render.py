@@ -2,13 +2,22 @@
 
 Layout is greedy word wrap at the font's real advance widths; a chunk that does not fit on one page
 continues on the next, so no word is dropped, and each page's ground truth is exactly its drawn lines.
+
+The label must say what the image shows, so text meets the font first (`PageLayout.drawable`): a word
+holding a character the font has no glyph for (it would be drawn as a box), or one of a script that
+needs shaping or right-to-left ordering when Pillow has no raqm (it would be drawn unshaped, in the
+wrong order), is dropped from both; invisible format characters the font lacks (zero-width joiners)
+are removed. The caller counts what was dropped.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -44,17 +53,71 @@ def load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
+@lru_cache(maxsize=8)
+def font_codepoints(path: str) -> frozenset[int]:
+    """Every code point the font maps to a glyph (its best Unicode cmap), read with fontTools."""
+    from fontTools.ttLib import TTFont
+
+    with TTFont(path, lazy=True, fontNumber=0) as font:
+        return frozenset(font.getBestCmap() or ())
+
+
+# Scripts that Pillow's basic layout draws wrongly: right-to-left (Hebrew, Arabic, Syriac, Thaana,
+# N'Ko, …) or needing shaping (the Indic scripts, Sinhala, Tibetan, Myanmar, Khmer, Mongolian, …).
+NEEDS_SHAPING = re.compile(
+    "[\u0590-\u08ff\u0900-\u0dff\u0f00-\u109f\u1780-\u18af\u1900-\u1a9f\u1b00-\u1c4f"
+    "\ua800-\uabff\ufb1d-\ufdff\ufe70-\ufefc]"
+)
+
+
+class Drawable(NamedTuple):
+    text: str  # what will be drawn (and is the label)
+    dropped_words: int
+    dropped_chars: int  # characters of dropped words plus removed invisible ones
+    missing: str  # the distinct characters that could not be drawn, in order of appearance
+
+
 class PageLayout:
     """Greedy word wrap for one font and page geometry, with a cache of word widths."""
 
     def __init__(self, cfg: RenderConfig):
         self.cfg = cfg
-        self.font = load_font(str(resolve_font_path(cfg.font)), cfg.font_size)
+        path = str(resolve_font_path(cfg.font))
+        self.font = load_font(path, cfg.font_size)
+        self.codepoints = font_codepoints(path)
+        self.shapes = self.font.layout_engine == ImageFont.Layout.RAQM
+        self._char_ok: dict[str, bool] = {" ": True}
         ascent, descent = self.font.getmetrics()
         self.line_height = ascent + descent
         self.lines_per_page = max(1, (cfg.size - 2 * cfg.margin) // self.line_height)
         self.space = self.font.getlength(" ")
         self._widths: dict[str, float] = {}
+
+    def _drawable_char(self, char: str) -> bool:
+        ok = self._char_ok.get(char)
+        if ok is None:
+            ok = self._char_ok[char] = (char.isspace() or ord(char) in self.codepoints) and (
+                self.shapes or not NEEDS_SHAPING.match(char)
+            )
+        return ok
+
+    def drawable(self, text: str) -> Drawable:
+        """`text` without the words the font cannot draw (and without invisible characters it lacks)."""
+        if all(self._drawable_char(char) for char in set(text)):
+            return Drawable(text, 0, 0, "")
+        missing = "".join(dict.fromkeys(char for char in text if not self._drawable_char(char)))
+        invisible = {char for char in missing if unicodedata.category(char) == "Cf"}
+        kept, dropped_words, dropped_chars = [], 0, 0
+        for word in text.split():
+            stripped = "".join(char for char in word if char not in invisible) if invisible else word
+            dropped_chars += len(word) - len(stripped)
+            if all(self._drawable_char(char) for char in stripped):
+                if stripped:
+                    kept.append(stripped)
+            else:
+                dropped_words += 1
+                dropped_chars += len(stripped)
+        return Drawable(" ".join(kept), dropped_words, dropped_chars, missing)
 
     def width(self, word: str) -> float:
         width = self._widths.get(word)

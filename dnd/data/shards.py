@@ -92,13 +92,20 @@ def publish(work_shards: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
     write_json(Path(out_dir) / "manifest.json", manifest)
 
 
-def split_raw_shard(raw: Path, key_column: str, splits: dict[str, str], out_dir: Path, index: int, count: int) -> dict[str, int]:
-    """Rewrite one raw shard (no split yet) as one shard file per split under `out_dir/<split>/`.
+def split_raw_shard(
+    raw: Path, key_column: str, splits: dict[str, str], out_dir: Path, index: int, count: int,
+    exclude: tuple[str, set[str]] | None = None,
+) -> dict[str, int]:
+    """Rewrite one raw shard (no split yet) as one shard file per split under `out_dir/<split>/`,
+    leaving out the rows whose `exclude[0]` column holds a value of `exclude[1]`.
 
     Two-pass stages (the split of a group depends on every group's image count, e.g. the capped test
     split) write raw shards first; this second pass only moves rows, it never re-encodes images.
     """
     table = pq.read_table(raw)
+    if exclude is not None and exclude[1]:
+        column, values = exclude
+        table = table.filter(pa.compute.invert(pa.compute.is_in(table[column], value_set=pa.array(sorted(values), pa.string()))))
     keys = table[key_column].to_pylist()
     labels = pa.array([splits[key] for key in keys], pa.string())
     table = table.set_column(table.schema.get_field_index("split"), "split", labels)

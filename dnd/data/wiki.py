@@ -6,12 +6,18 @@ Three jobs, in reading order:
    `.bz2`) with an incremental XML parser, page by page, clearing each page once read so memory stays
    flat; it yields main-namespace articles only and counts what it skips. `read_multistream_index` and
    `iter_pages_in_range` read one bz2 stream (about 100 pages) of a multistream dump, so extraction
-   can be split across workers.
+   can be split across workers. A dump that breaks off (an interrupted download: XML without its
+   closing tags, a bz2 stream cut mid-block) keeps every page read before the cut and is reported in
+   a `DumpReport` (`truncated`, where); a page without `<id>` is skipped and named there; `strict=True`
+   makes either an error (`DumpFault`) naming the file and the offset.
 2. Cleaning. `clean_wikitext` turns an article's wikitext into one line of plain prose. Cheap,
    unambiguous markup (comments, trailing appendix sections, `<ref>`s, non-prose tags, headings,
    bold/italic quotes, templates, tables, files, categories, interlanguage links) is removed first with
    compiled regexes and one linear bracket scanner; mwparserfromhell then parses only what is left
-   (links, external links, HTML tags, entities, lists) and `strip_code` renders it as text.
+   (links, external links, HTML tags, entities, lists) and `strip_code` renders it as text. What is
+   hidden (file and category links) and which trailing sections are cut are `CleaningRules`: the
+   dump's own localized namespace names (from `<siteinfo>`) plus the canonical English ones, and a
+   configurable list of appendix headings (`APPENDIX_SECTIONS` has the sets of a few large wikis).
 3. Chunking. `chunk_words` cuts prose into windows of at most `max_words` words, at sentence ends where
    it can, for rendering one chunk per image.
 
@@ -26,19 +32,23 @@ from __future__ import annotations
 
 import bz2
 import collections
+import contextlib
 import html
 import itertools
+import logging
 import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
 import mwparserfromhell
 
 READ_CHUNK_BYTES = 1 << 16  # bytes handed to the XML parser at a time (keeps memory flat)
+log = logging.getLogger("dnd.wiki")
 
 
 @dataclass(frozen=True)
@@ -79,16 +89,61 @@ def is_disambiguation(title: str, wikitext: str) -> bool:
     return bool(_DISAMBIGUATION_TITLE.search(title) or _DISAMBIGUATION_TEMPLATE.search(wikitext))
 
 
-def iter_pages(dump: Path, stats: collections.Counter | None = None) -> Iterator[WikiPage]:
+class DumpFault(ValueError):
+    """A dump that is cut short or holds a page without `<id>`, raised only in strict mode."""
+
+
+@dataclass
+class DumpReport:
+    """What reading a dump found besides pages: filled in while pages stream (namespaces before the first)."""
+
+    file: str = ""
+    namespaces: dict[str, int] = field(default_factory=dict)  # "Thể loại" → 14, from <siteinfo>
+    truncated: bool = False
+    # Where the input broke off: `fault` ("truncated", or "malformed" XML before the end), bytes of XML
+    # read (`offset`; the parser's message has the line and column), for a compressed dump also the
+    # byte of the file (`compressed_offset`), the last page kept before it and the reader's message.
+    cut: dict[str, object] | None = None
+    pages_without_id: list[str] = field(default_factory=list)  # titles of articles skipped for lack of <id>
+
+    def as_dict(self) -> dict[str, object]:
+        return {"truncated": self.truncated, "cut": self.cut, "pages_without_id": self.pages_without_id}
+
+
+class _CutInput(Exception):
+    """Raised by a chunk source whose bytes end before the end of its (compressed) stream."""
+
+    def __init__(self, detail: str, compressed_offset: int | None):
+        super().__init__(detail)
+        self.compressed_offset = compressed_offset
+
+
+def iter_pages(
+    dump: Path,
+    stats: collections.Counter | None = None,
+    *,
+    report: DumpReport | None = None,
+    strict: bool = False,
+) -> Iterator[WikiPage]:
     """Stream the main-namespace articles of a MediaWiki XML export (`.xml`, `.xml.bz2`, multistream
     `.bz2`), newest revision of each. Skipped pages are counted in `stats` under "redirect",
-    "disambiguation", "non_article_namespace" and "empty"; kept ones under "article"."""
+    "disambiguation", "non_article_namespace", "empty" and "no_id"; kept ones under "article". A cut
+    dump ends the stream after its last complete page (`report.truncated`, counted as "truncated"),
+    or raises DumpFault when `strict`."""
     dump = Path(dump)
-    with _open_dump(dump) as file:
-        # read1 returns what is available without waiting for a full chunk, so a page is yielded as
-        # soon as its bytes arrive (also from a pipe).
-        chunks = iter(lambda: file.read1(READ_CHUNK_BYTES), b"")
-        yield from _pages_from_chunks(chunks, stats)
+    report = report if report is not None else DumpReport()
+    report.file = str(dump)
+    with open(dump, "rb") as raw, _decompressed(dump, raw) as file:
+
+        def chunks() -> Iterator[bytes]:
+            # read1 returns what is available without waiting for a full chunk, so a page is yielded
+            # as soon as its bytes arrive (also from a pipe).
+            try:
+                yield from iter(lambda: file.read1(READ_CHUNK_BYTES), b"")
+            except EOFError as err:  # bz2: "Compressed file ended before the end-of-stream marker"
+                raise _CutInput(str(err), raw.tell()) from err
+
+        yield from _pages_from_chunks(chunks(), stats, report, strict)
 
 
 def read_multistream_index(index: Path) -> list[tuple[int, int | None]]:
@@ -103,19 +158,29 @@ def read_multistream_index(index: Path) -> list[tuple[int, int | None]]:
 
 
 def iter_pages_in_range(
-    dump: Path, start: int, end: int | None = None, stats: collections.Counter | None = None
+    dump: Path,
+    start: int,
+    end: int | None = None,
+    stats: collections.Counter | None = None,
+    *,
+    report: DumpReport | None = None,
+    strict: bool = False,
 ) -> Iterator[WikiPage]:
     """Articles of the one bz2 stream that starts at byte `start` of a multistream dump (a range from
-    `read_multistream_index`); only that stream is read and decompressed."""
-    # A stream holds bare `<page>` elements: wrap them in a root element to make a document.
+    `read_multistream_index`); only that stream is read and decompressed. A stream cut short is
+    handled as in `iter_pages`."""
+    report = report if report is not None else DumpReport()
+    report.file = str(dump)
+    # A stream holds bare `<page>` elements: wrap them in a root element to make a document. A cut
+    # stream gets no closing tag (the parser then reports the document as unfinished, like a cut file).
     chunks = itertools.chain([b"<mediawiki>"], _one_bz2_stream(Path(dump), start, end), [b"</mediawiki>"])
-    return _pages_from_chunks(chunks, stats)
+    return _pages_from_chunks(chunks, stats, report, strict)
 
 
-def _open_dump(dump: Path) -> BinaryIO:
+def _decompressed(dump: Path, raw: BinaryIO) -> contextlib.AbstractContextManager[BinaryIO]:
     if dump.suffix == ".bz2":
-        return bz2.open(dump, "rb")  # also reads concatenated (multistream) bz2 streams
-    return open(dump, "rb")
+        return bz2.open(raw, "rb")  # also reads concatenated (multistream) bz2 streams
+    return contextlib.nullcontext(raw)
 
 
 def _one_bz2_stream(dump: Path, start: int, end: int | None) -> Iterator[bytes]:
@@ -126,29 +191,60 @@ def _one_bz2_stream(dump: Path, start: int, end: int | None) -> Iterator[bytes]:
         while not decompressor.eof:
             compressed = file.read(int(min(READ_CHUNK_BYTES, remaining)))
             if not compressed:
-                raise ValueError(f"{dump}: the bz2 stream at byte {start} ends before its end of stream")
+                raise _CutInput(f"the bz2 stream at byte {start} ends before its end of stream", file.tell())
             remaining -= len(compressed)
             yield decompressor.decompress(compressed)
 
 
-def _pages_from_chunks(chunks: Iterable[bytes], stats: collections.Counter | None) -> Iterator[WikiPage]:
+def _pages_from_chunks(
+    chunks: Iterable[bytes], stats: collections.Counter | None, report: DumpReport, strict: bool
+) -> Iterator[WikiPage]:
     parser = ET.XMLPullParser(events=("start", "end"))
-    reader = _PageReader(stats if stats is not None else collections.Counter())
-    for chunk in chunks:
-        parser.feed(chunk)
+    reader = _PageReader(stats if stats is not None else collections.Counter(), report, strict)
+    offset = 0  # bytes of XML handed to the parser
+    closing = False  # a parse error only at the end means the document stops early: a cut file
+    try:
+        for chunk in chunks:
+            parser.feed(chunk)
+            offset += len(chunk)
+            yield from reader.consume(parser.read_events())
+        closing = True
+        parser.close()  # raises ParseError on a truncated document
         yield from reader.consume(parser.read_events())
-    parser.close()  # raises ParseError on a truncated document
-    yield from reader.consume(parser.read_events())
+    except (_CutInput, ET.ParseError) as err:
+        fault = "truncated" if closing or isinstance(err, _CutInput) else "malformed"
+        cut = {"fault": fault, "offset": offset, "last_page": reader.last_title, "error": str(err)}
+        if isinstance(err, _CutInput) and err.compressed_offset is not None:
+            cut["compressed_offset"] = err.compressed_offset
+        where = f"byte {offset} of its XML" + (
+            f" (byte {cut['compressed_offset']} of the file)" if "compressed_offset" in cut else ""
+        )
+        what = "cut short" if fault == "truncated" else "malformed (not a cut: the XML is broken before its end)"
+        if strict:
+            raise DumpFault(f"{report.file}: the dump is {what} at {where}: {err}") from err
+        report.truncated, report.cut = fault == "truncated", cut
+        reader.stats[fault] += 1
+        kept = f"the last {reader.last_title!r}" if reader.last_title is not None else "none was complete"
+        log.warning("%s: the dump is %s at %s (%s); kept every complete page before it (%s)", report.file, what, where, err, kept)
+
+
+def _revision_order(revision: ET.Element, tag_timestamp: str, tag_id: str) -> tuple[str, int]:
+    """Newest first by timestamp (ISO 8601 sorts as text), then by revision id; missing ones sort oldest."""
+    revision_id = revision.findtext(tag_id) or ""
+    return revision.findtext(tag_timestamp) or "", int(revision_id) if revision_id.strip().isdigit() else -1
 
 
 class _PageReader:
     """Turns the parser's (event, element) stream into WikiPages, freeing each page once read."""
 
-    def __init__(self, stats: collections.Counter):
+    def __init__(self, stats: collections.Counter, report: DumpReport, strict: bool):
         self.stats = stats
+        self.report = report
+        self.strict = strict
         self.root: ET.Element | None = None
         self.page: ET.Element | None = None  # the page being read
-        self.namespace_names: dict[str, int] = {}  # "Talk" → 1, from <siteinfo>
+        self.namespace_names = report.namespaces  # "Talk" → 1, from <siteinfo>
+        self.last_title: str | None = None  # of the last complete page (where a cut dump broke off)
 
     def _set_schema(self, root: ET.Element) -> None:
         # Elements are qualified with the export schema's namespace ("{…/export-0.10/}page"), or not
@@ -157,7 +253,7 @@ class _PageReader:
         xmlns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
         self.tag_page, self.tag_revision, self.tag_namespace = (xmlns + t for t in ("page", "revision", "namespace"))
         self.tag_title, self.tag_ns, self.tag_id = (xmlns + t for t in ("title", "ns", "id"))
-        self.tag_redirect, self.tag_text = xmlns + "redirect", xmlns + "text"
+        self.tag_redirect, self.tag_text, self.tag_timestamp = xmlns + "redirect", xmlns + "text", xmlns + "timestamp"
 
     def consume(self, events: Iterable[tuple[str, ET.Element]]) -> Iterator[WikiPage]:
         for event, element in events:
@@ -169,12 +265,19 @@ class _PageReader:
                 continue
             tag = element.tag
             if tag == self.tag_revision and self.page is not None:
-                # Only the newest (last) revision is kept: drop older ones as soon as a newer one is
-                # complete, so full-history exports stay flat in memory too.
-                for older in self.page.findall(self.tag_revision)[:-1]:
-                    self.page.remove(older)
+                # Only the newest revision (by timestamp, then id: exports need not be in order) is
+                # kept: the older of the two is dropped as soon as the second is complete, so
+                # full-history exports stay flat in memory too.
+                revisions = self.page.findall(self.tag_revision)
+                if len(revisions) > 1:
+                    order = [_revision_order(r, self.tag_timestamp, self.tag_id) for r in revisions]
+                    newest = max(range(len(revisions)), key=order.__getitem__)
+                    for index, older in enumerate(revisions):
+                        if index != newest:
+                            self.page.remove(older)
             elif tag == self.tag_page:
                 page = self._classify(element)
+                self.last_title = element.findtext(self.tag_title)
                 self.root.clear()  # the page (and siteinfo before it) are the root's only children
                 self.page = None
                 if page is not None:
@@ -196,15 +299,18 @@ class _PageReader:
             kind = "empty"
         elif is_disambiguation(title, wikitext):
             kind = "disambiguation"
+        elif not (page.findtext(self.tag_id) or "").strip().isdigit():
+            if self.strict:
+                raise DumpFault(f"{self.report.file}: page {title!r} has no <id> (a MediaWiki export gives every page one)")
+            kind = "no_id"
+            self.report.pages_without_id.append(title)
+            log.warning("%s: page %r has no <id>; skipped", self.report.file, title)
         else:
             kind = "article"
         self.stats[kind] += 1
         if kind != "article":
             return None
-        page_id = page.findtext(self.tag_id)
-        if page_id is None:
-            raise ValueError(f"page {title!r} has no <id>: not a MediaWiki export")
-        return WikiPage(title=title, page_id=int(page_id), namespace=0, wikitext=wikitext)
+        return WikiPage(title=title, page_id=int(page.findtext(self.tag_id)), namespace=0, wikitext=wikitext)
 
     def _namespace_from_title(self, title: str) -> int:
         # Exports before schema 0.6 have no <ns>: the namespace is the title's prefix.
@@ -217,14 +323,52 @@ class _PageReader:
 
 # Patterns that must match at a line start begin with "\n" (the text gets a leading newline): a literal
 # first character lets the regex engine skip ahead instead of trying every position.
-# Appendix sections: everything from the first such heading on is dropped.
-_TRAILING_SECTION = re.compile(
-    r"\n=+[ \t]*(?:references|external links|see also|further reading|notes|bibliography|sources|"
-    r"footnotes|citations|works cited|notes and references|references and notes|"
-    r"sources and further reading|external links and references|reference|note|bibliography and notes)"
-    r"[ \t]*=+[ \t]*(?=\n|\Z)",
-    re.IGNORECASE,
-)
+# Appendix sections: everything from the first such heading on is dropped. The headings of a few
+# large wikis; a config names the sets it wants ("@en", "@de", …) and may add headings of its own.
+APPENDIX_SECTIONS: dict[str, tuple[str, ...]] = {
+    "en": (
+        "references", "external links", "see also", "further reading", "notes", "bibliography", "sources",
+        "footnotes", "citations", "works cited", "notes and references", "references and notes",
+        "sources and further reading", "external links and references", "reference", "note",
+        "bibliography and notes",
+    ),
+    "de": ("literatur", "weblinks", "einzelnachweise", "siehe auch", "anmerkungen", "quellen", "belege", "fußnoten", "referenzen"),
+    "fr": ("notes et références", "références", "voir aussi", "liens externes", "bibliographie", "articles connexes", "notes", "annexes", "sources"),
+    "es": ("referencias", "véase también", "enlaces externos", "bibliografía", "notas", "fuentes", "notas y referencias"),
+    "it": ("note", "bibliografia", "voci correlate", "altri progetti", "collegamenti esterni", "fonti"),
+    "pt": ("referências", "ver também", "ligações externas", "bibliografia", "notas", "fontes"),
+    "nl": ("referenties", "zie ook", "externe links", "externe link", "bronnen", "literatuur", "noten", "bronvermelding"),
+    "pl": ("przypisy", "bibliografia", "linki zewnętrzne", "zobacz też", "uwagi"),
+    "ru": ("примечания", "литература", "ссылки", "см. также", "источники"),
+    "vi": ("tham khảo", "xem thêm", "liên kết ngoài", "chú thích", "ghi chú", "đọc thêm", "nguồn"),
+    "ja": ("脚注", "出典", "参考文献", "関連項目", "外部リンク"),
+    "zh": ("参考文献", "参考资料", "外部链接", "参见", "注释", "參考文獻", "參考資料", "外部連結", "參見", "註釋"),
+    "fo": ("keldur", "sí eisini", "uttanífyri leinkjur", "tilvísingar", "slóðir úteftir"),
+}
+
+
+def appendix_headings(entries: Iterable[str]) -> tuple[str, ...]:
+    """Config entries → headings: "@de" names a set of APPENDIX_SECTIONS, anything else is a heading."""
+    headings: list[str] = []
+    for entry in entries:
+        if entry.startswith("@"):
+            if entry[1:] not in APPENDIX_SECTIONS:
+                raise ValueError(f"appendix_sections: unknown set {entry!r}; known: {', '.join('@' + k for k in APPENDIX_SECTIONS)}")
+            headings.extend(APPENDIX_SECTIONS[entry[1:]])
+        else:
+            headings.append(entry)
+    return tuple(dict.fromkeys(_normalized_name(heading) for heading in headings))
+
+
+def _normalized_name(name: str) -> str:
+    """How MediaWiki compares namespace names and headings here: case and `_`/space runs don't matter."""
+    return " ".join(name.replace("_", " ").split()).lower()
+
+
+def _name_pattern(names: Iterable[str]) -> str:
+    return "|".join(re.escape(name).replace(r"\ ", r"[ _\t]+") for name in sorted(names, key=len, reverse=True))
+
+
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
 _REF = re.compile(r"<ref\b[^>]*/\s*>|<ref\b[^>]*>.*?</ref\s*>|</?ref\b[^>]*>", re.IGNORECASE | re.DOTALL)
 # Tags whose content is not prose: dropped with their content.
@@ -243,22 +387,55 @@ _INLINE_TAG = re.compile(
 _MAGIC_WORD = re.compile(r"__[A-Z]+__")
 _HEADING = re.compile(r"\n=[^\n]*=[ \t]*(?=\n|\Z)")
 _LIST_MARKER = re.compile(r"\n[*#:;]+")  # list items and indents are kept as text
-# Link prefixes whose target is not shown as text (English and the largest wikis' names).
+# Link prefixes whose target is not shown as text: the canonical English names (every wiki accepts
+# them) and the largest wikis' names; a dump's own localized names come from its <siteinfo>.
 _HIDDEN_LINK_NAMESPACES = frozenset(
     "file image category datei bild kategorie fichier catégorie archivo imagen categoría ficheiro "
     "imagem categoria immagine файл изображение категория".split()
 )
-_HIDDEN_PREFIX = "|".join(sorted(_HIDDEN_LINK_NAMESPACES))
+HIDDEN_NAMESPACE_KEYS = (6, 14)  # File, Category: links into them draw no text (Media: links do)
 # Interlanguage prefixes ("de", "zh-min-nan"), written in lower case, unlike titles such as "UFC: …".
 _LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]+)*|simple")
-# Links without nested brackets become their text by regex; files, categories and interlanguage
-# links (which never have a label) are left to the scanner.
-_LABELLED_LINK = re.compile(
-    rf"\[\[(?!\s*(?:{_HIDDEN_PREFIX})\s*:)[^\[\]{{}}|\n]*\|([^\[\]{{}}]*)\]\]", re.IGNORECASE
-)
-_PLAIN_LINK = re.compile(
-    rf"\[\[(?!\s*(?:{_HIDDEN_PREFIX}|(?-i:{_LANGUAGE_CODE.pattern}))\s*:):?([^\[\]{{}}|\n]*)\]\]", re.IGNORECASE
-)
+
+
+@dataclass(frozen=True)
+class CleaningRules:
+    """What `clean_wikitext` hides: links into these namespaces (normalized names) and everything from
+    the first of these appendix headings on. `for_dump` adds a dump's localized namespace names."""
+
+    hidden_namespaces: frozenset[str] = _HIDDEN_LINK_NAMESPACES
+    appendix_sections: tuple[str, ...] = APPENDIX_SECTIONS["en"]
+
+    @classmethod
+    def for_dump(cls, namespaces: dict[str, int], appendix_sections: Iterable[str] = ("@en",)) -> "CleaningRules":
+        return _rules_for(frozenset(namespaces.items()), tuple(appendix_sections))
+
+    @cached_property
+    def trailing_section(self) -> re.Pattern:
+        return re.compile(rf"\n=+[ \t]*(?:{_name_pattern(self.appendix_sections)})[ \t]*=+[ \t]*(?=\n|\Z)", re.IGNORECASE)
+
+    # Links without nested brackets become their text by regex; files, categories and interlanguage
+    # links (which never have a label) are left to the scanner.
+    @cached_property
+    def labelled_link(self) -> re.Pattern:
+        hidden = _name_pattern(self.hidden_namespaces)
+        return re.compile(rf"\[\[(?!\s*(?:{hidden})\s*:)[^\[\]{{}}|\n]*\|([^\[\]{{}}]*)\]\]", re.IGNORECASE)
+
+    @cached_property
+    def plain_link(self) -> re.Pattern:
+        hidden = _name_pattern(self.hidden_namespaces)
+        return re.compile(
+            rf"\[\[(?!\s*(?:{hidden}|(?-i:{_LANGUAGE_CODE.pattern}))\s*:):?([^\[\]{{}}|\n]*)\]\]", re.IGNORECASE
+        )
+
+
+@lru_cache(maxsize=16)
+def _rules_for(namespaces: frozenset[tuple[str, int]], appendix_sections: tuple[str, ...]) -> CleaningRules:
+    localized = {_normalized_name(name) for name, key in namespaces if key in HIDDEN_NAMESPACE_KEYS}
+    return CleaningRules(_HIDDEN_LINK_NAMESPACES | localized, appendix_headings(appendix_sections))
+
+
+DEFAULT_RULES = CleaningRules()
 # Brackets the scanner matches: templates, links and tables (`{|` and `|}` open a line; "|}}" there
 # closes a template).
 _BRACKET_TOKEN = re.compile(r"\{\{|\}\}|\[\[|\]\]|\n[ \t:]*\{\||\n[ \t:]*\|\}(?!\})")
@@ -277,11 +454,11 @@ _BRACKET_CLOSE_SEPARATOR = re.compile(r"[,;:](?: ?[,;:])* ?\)")
 _SPACE_BEFORE_PUNCTUATION = re.compile(r" (?=[,.;:!?)](?!\w))")  # not before ".79"
 
 
-def clean_wikitext(wikitext: str) -> str:
+def clean_wikitext(wikitext: str, rules: CleaningRules = DEFAULT_RULES) -> str:
     """An article's wikitext as one line of plain prose: no templates, references, tables, files,
     categories, headings or appendix sections; link and label text kept; entities decoded."""
     text = _COMMENT.sub("", "\n" + wikitext)
-    appendix = _TRAILING_SECTION.search(text)
+    appendix = rules.trailing_section.search(text)
     if appendix:
         text = text[: appendix.start()]
     text = _REF.sub("", text)
@@ -293,9 +470,9 @@ def clean_wikitext(wikitext: str) -> str:
     text = _LIST_MARKER.sub("\n ", text)
     # '' italic, ''' bold, ''''' both; four apostrophes are a literal one plus bold.
     text = text.replace("'''", "").replace("''", "")
-    text = _LABELLED_LINK.sub(r"\1", text)
-    text = _PLAIN_LINK.sub(r"\1", text)
-    text = _strip_bracketed(text)
+    text = rules.labelled_link.sub(r"\1", text)
+    text = rules.plain_link.sub(r"\1", text)
+    text = _strip_bracketed(text, rules.hidden_namespaces)
     # Left for the parser: nested links, external links, entities, lists, nowiki and other tags.
     text = mwparserfromhell.parse(text).strip_code(normalize=True, collapse=True)
     return _tidy(html.unescape(text))
@@ -312,7 +489,7 @@ def _tidy(text: str) -> str:
     return text.replace(",.", ".").strip()  # ",." where a formula or template ended a sentence
 
 
-def _strip_bracketed(text: str) -> str:
+def _strip_bracketed(text: str, hidden_namespaces: frozenset[str]) -> str:
     """Remove top-level templates, tables and file/category/interlanguage links in one linear pass
     that matches `{{ }}`, `[[ ]]` and `{| |}` with a stack; other links are left for the parser."""
     pieces: list[str] = []
@@ -346,24 +523,24 @@ def _strip_bracketed(text: str) -> str:
         del stack[level:]  # openers left unclosed inside this span go with it
         if not stack:
             pieces.append(text[emitted:start])
-            pieces.append(_replace_bracketed(kind, text[opener_end : token.start()], text[start : token.end()]))
+            pieces.append(_replace_bracketed(kind, text[opener_end : token.start()], text[start : token.end()], hidden_namespaces))
             emitted = token.end()
     pieces.append(text[emitted:])
     return "".join(pieces)
 
 
-def _replace_bracketed(kind: str, inner: str, whole: str) -> str:
+def _replace_bracketed(kind: str, inner: str, whole: str, hidden_namespaces: frozenset[str]) -> str:
     if kind == "table":
         return ""
     if kind == "template":
-        return _template_text(inner)
+        return _template_text(inner, hidden_namespaces)
     target = inner.lstrip()
     if target.startswith(":"):  # [[:Category:X|label]] is an ordinary, visible link
         return whole
     prefix, colon, _ = target.partition(":")
     prefix = prefix.strip()
     if colon and (
-        prefix.lower() in _HIDDEN_LINK_NAMESPACES
+        _normalized_name(prefix) in hidden_namespaces
         or (_LANGUAGE_CODE.fullmatch(prefix) and prefix not in _VISIBLE_INTERWIKI and "|" not in inner)
     ):
         return ""  # files with their captions, categories, interlanguage links
@@ -385,8 +562,8 @@ def _template_arguments(inner: str) -> list[str]:
     return parts
 
 
-def _positional(arguments: list[str]) -> list[str]:
-    return [_strip_bracketed(a).strip() for a in arguments[1:] if not _NAMED_ARGUMENT.match(a)]
+def _positional(arguments: list[str], hidden_namespaces: frozenset[str]) -> list[str]:
+    return [_strip_bracketed(a, hidden_namespaces).strip() for a in arguments[1:] if not _NAMED_ARGUMENT.match(a)]
 
 
 def _first(values: list[str]) -> str:
@@ -421,12 +598,12 @@ _TEXT_TEMPLATES: dict[str, Callable[[list[str]], str]] = {
 }
 
 
-def _template_text(inner: str) -> str:
+def _template_text(inner: str, hidden_namespaces: frozenset[str]) -> str:
     name = inner.split("|", 1)[0].strip().lower().replace("_", " ")
     render = _first if name.startswith("lang-") else _TEXT_TEMPLATES.get(name)  # {{lang-fr|texte}}
     if render is None:
         return ""
-    return render(_positional(_template_arguments(inner)))
+    return render(_positional(_template_arguments(inner), hidden_namespaces))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,15 +43,30 @@ class WikiTextConfig:
     max_words: int = 100  # words per chunk (the paper: at most 100 words per image)
     max_articles: int | None = None  # stop after this many kept articles; None = the whole dump
     min_words: int = 20  # articles with fewer words of prose are skipped (stubs, lists)
+    # Headings from which an article's tail is cut: "@en", "@de", … name the sets of dnd.data.wiki's
+    # APPENDIX_SECTIONS; any other entry is a heading itself (case and spacing don't matter).
+    appendix_sections: tuple[str, ...] = ("@en",)
+    # A dump cut short (an interrupted download) or a page without <id>: False keeps every complete
+    # page before the cut (reported as truncated), skips the page; True stops with an error naming
+    # the file and the byte offset (or the page).
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "appendix_sections", tuple(self.appendix_sections))  # frozen: YAML gives a list
 
 
 def extract_wiki_text(cfg: WikiTextConfig, out_path: Path) -> dict[str, int]:
-    from dnd.data.wiki import chunk_words, clean_wikitext, iter_pages
+    from dnd.data.wiki import CleaningRules, DumpReport, appendix_headings, chunk_words, clean_wikitext, iter_pages
 
+    appendix_headings(cfg.appendix_sections)  # an unknown "@xx" set fails before the dump is read
     stats: Counter = Counter()
+    report = DumpReport()
+    rules = None  # from the dump's own namespace names, read from <siteinfo> before the first page
     rows: dict[str, list] = {name: [] for name in CHUNK_SCHEMA.names}
-    for page in iter_pages(Path(cfg.dump), stats):
-        prose = clean_wikitext(page.wikitext)
+    for page in iter_pages(Path(cfg.dump), stats, report=report, strict=cfg.strict):
+        if rules is None:
+            rules = CleaningRules.for_dump(report.namespaces, cfg.appendix_sections)
+        prose = clean_wikitext(page.wikitext, rules)
         if len(prose.split()) < cfg.min_words:
             stats["too_short"] += 1
             continue
@@ -67,8 +82,15 @@ def extract_wiki_text(cfg: WikiTextConfig, out_path: Path) -> dict[str, int]:
     stats["words"] = sum(len(text.split()) for text in rows["text"])
     with atomic_path(out_path) as tmp:
         pq.write_table(pa.Table.from_pydict(rows, schema=CHUNK_SCHEMA), tmp, compression="zstd")
-    write_provenance(out_path, "extract_wiki_text", cfg.__dict__, dump_sha256=file_sha256(Path(cfg.dump)), stats=stats)
+    write_provenance(
+        out_path, "extract_wiki_text", _as_dict(cfg), dump_sha256=file_sha256(Path(cfg.dump)), stats=stats,
+        dump=report.as_dict(),
+    )
     log.info("extracted %s from %s", dict(sorted(stats.items())), cfg.dump)
+    if report.cut:
+        log.warning("%s: %s dump (%s); the chunks hold every complete page before the fault", cfg.dump, report.cut["fault"].upper(), report.cut)
+    if report.pages_without_id:
+        log.warning("%s: %d page(s) without <id> skipped: %s", cfg.dump, len(report.pages_without_id), report.pages_without_id)
     return dict(stats)
 
 
@@ -105,12 +127,29 @@ def _read_shard_chunks(task: ShardTask) -> list[dict[str, Any]]:
     return table.filter(pa.array(keep)).to_pylist()
 
 
+def _drawable_chunks(task: ShardTask, layout: PageLayout, stats: Counter) -> Iterator[tuple[dict[str, Any], str]]:
+    """This shard's chunks as the font can draw them: words it cannot draw are dropped from image and
+    label alike (counted), a chunk left without a word is skipped (counted)."""
+    for row in _read_shard_chunks(task):
+        drawable = layout.drawable(row["text"])
+        if drawable.dropped_chars:
+            stats["undrawable_words"] += drawable.dropped_words
+            stats["undrawable_chars"] += drawable.dropped_chars
+            stats["chunks_with_undrawable_text"] += 1
+            for char in drawable.missing:
+                stats[f"undrawable:U+{ord(char):04X}"] += 1  # chunks where the character was met
+        if not drawable.text:
+            stats["undrawable_chunks"] += 1
+            continue
+        yield row, drawable.text
+
+
 def count_shard_pages(task: ShardTask) -> dict[str, int]:
     """Layout pass: pages per article title, without drawing."""
     layout = PageLayout(task.render)
     counts: Counter = Counter()
-    for row in _read_shard_chunks(task):
-        counts[row["title"]] += len(layout.pages(row["text"]))
+    for row, text in _drawable_chunks(task, layout, Counter()):
+        counts[row["title"]] += len(layout.pages(text))
     return dict(counts)
 
 
@@ -124,10 +163,11 @@ def render_shard(task: ShardTask) -> dict[str, int]:
     if marker.exists():
         return {"reused_shard": 1}
     layout = PageLayout(task.render)
+    stats: Counter = Counter()
     per_split: dict[str, list[dict[str, Any]]] = {split: [] for split in shards.SPLITS}
-    for row in _read_shard_chunks(task):
+    for row, text in _drawable_chunks(task, layout, stats):
         split = task.splits[row["title"]]
-        for page_index, lines in enumerate(layout.pages(row["text"])):
+        for page_index, lines in enumerate(layout.pages(text)):
             per_split[split].append(
                 {
                     "id": f"{row['title_hash']:016x}-{row['chunk']:04d}-{page_index:02d}",
@@ -141,7 +181,7 @@ def render_shard(task: ShardTask) -> dict[str, int]:
     for split, records in per_split.items():
         shards.write_shard(task.out_dir / split / shards.shard_name(task.index, task.count), records, schema)
     marker.touch()
-    return {f"images_{split}": len(records) for split, records in per_split.items()}
+    return {**stats, **{f"images_{split}": len(records) for split, records in per_split.items()}}
 
 
 def render_text_images(cfg: TextImageConfig, chunks: Path, out_dir: Path, work_dir: Path) -> dict[str, int]:
@@ -156,6 +196,9 @@ def render_text_images(cfg: TextImageConfig, chunks: Path, out_dir: Path, work_d
     stats: Counter = Counter()
     for shard_stats in map_shards("render_text_images", render_shard, tasks, work_dir):
         stats.update(shard_stats)
+    # Characters the font cannot draw: counted per character in the manifest, named in the log.
+    undrawable = {key.split(":", 1)[1]: n for key, n in stats.items() if key.startswith("undrawable:")}
+    stats = Counter({key: n for key, n in stats.items() if not key.startswith("undrawable:")})
     images = {split: sum(page_counts[t] for t, s in splits.items() if s == split) for split in shards.SPLITS}
     articles = Counter(splits.values())
     manifest = {
@@ -163,12 +206,21 @@ def render_text_images(cfg: TextImageConfig, chunks: Path, out_dir: Path, work_d
         "shards": cfg.shards,
         "images": images,
         "articles": {split: articles.get(split, 0) for split in shards.SPLITS},
-        "stats": dict(stats),
+        "stats": dict(sorted(stats.items())),
+        # code point → chunks where it was met; its words were dropped from image and label
+        "undrawable_characters": dict(sorted(undrawable.items(), key=lambda item: (-item[1], item[0]))),
     }
     with atomic_dir(out_dir) as tmp:
         shards.publish(shard_dir, tmp, manifest)
         write_provenance(tmp, "render_text_images", _as_dict(cfg), font_sha256=file_sha256(font), images=images)
     log.info("rendered %s images (%s)", sum(images.values()), images)
+    if undrawable:
+        common = ", ".join(f"{code} {chr(int(code[2:], 16))!r} ×{n}" for code, n in list(manifest["undrawable_characters"].items())[:20])
+        log.warning(
+            "%s: the font cannot draw %d distinct character(s); dropped %d word(s) (%d characters) from images and "
+            "labels alike, %d chunk(s) left empty. Most met: %s",
+            font, len(undrawable), stats["undrawable_words"], stats["undrawable_chars"], stats["undrawable_chunks"], common,
+        )
     return images
 
 
