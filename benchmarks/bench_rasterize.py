@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -26,10 +26,14 @@ from typing import Callable
 import pymupdf
 from PIL import Image
 
-from dnd.data.demo_pdfs import write_demo_pdfs
-from dnd.data.pdf import RasterConfig, rasterize_pdf
-from dnd.data.shards import encode_png
-from dnd.stages.arxiv_image import RasterShardTask, rasterize_shard
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import MIN_ROUNDS, Spread, ratio_spread, time_interleaved  # noqa: E402
+
+from dnd.data.demo_pdfs import write_demo_pdfs  # noqa: E402
+from dnd.data.pdf import RasterConfig, rasterize_pdf  # noqa: E402
+from dnd.data.shards import encode_png  # noqa: E402
+from dnd.stages.arxiv_image import RasterShardTask, rasterize_shard  # noqa: E402
 
 REAL_PAPERS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "arxiv"
 
@@ -68,22 +72,23 @@ def watched_shard(paths: list[Path], cfg: RasterConfig) -> int:
 Loop = Callable[[list[Path], RasterConfig], int]  # returns the number of pages it rendered
 
 
-def best_rates(loops: list[Loop], paths: list[Path], cfg: RasterConfig, repeats: int) -> list[float]:
-    """Pages per second of each loop's fastest run; runs alternate so load from other processes hits both."""
-    best = [float("inf")] * len(loops)
-    pages = [0] * len(loops)
-    for _ in range(repeats):
-        for i, run in enumerate(loops):
-            start = time.perf_counter()
-            pages[i] = run(paths, cfg)
-            best[i] = min(best[i], time.perf_counter() - start)
-    return [count / seconds for count, seconds in zip(pages, best)]
+def rate_spreads(loops: dict[str, Loop], paths: list[Path], cfg: RasterConfig, rounds: int) -> dict[str, Spread]:
+    """Pages/s of each loop, and each loop's speed against the bare loop per round (median [min, max])."""
+    pages: dict[str, int] = {}
+
+    def call(name: str, run: Loop) -> Callable[[], None]:
+        return lambda: pages.__setitem__(name, run(paths, cfg))
+
+    times = time_interleaved({name: call(name, run) for name, run in loops.items()}, rounds)
+    rates = {name: Spread.of([pages[name] / t for t in values]) for name, values in times.items()}
+    ratios = {f"{name}/bare": ratio_spread(times["bare"], times[name]) for name in loops if name != "bare"}
+    return rates | ratios
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages-per-paper", type=int, default=3, help="first pages of each paper to render")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each loop; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=MIN_ROUNDS, help="interleaved timed rounds of the loops")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # per-file MuPDF notes are not what is measured here
     cfg = RasterConfig(max_pages_per_paper=args.pages_per_paper, min_text_chars=0)
@@ -92,13 +97,14 @@ def main() -> None:
             paths, source = sorted(REAL_PAPERS.glob("*.pdf")), "real arXiv papers"
         else:
             paths, source = write_demo_pdfs(Path(tmp)), "demo PDFs"
-        bare, rate, shard = best_rates([bare_loop, ours, watched_shard], paths, cfg, args.repeats)
-    print(f"{len(paths)} {source}, ≤{args.pages_per_paper} pages each, dpi {cfg.dpi}, {cfg.size}px {cfg.crop}")
-    print(f"bare PyMuPDF loop: {bare:6.1f} pages/s")
-    print(f"rasterize_pdf:     {rate:6.1f} pages/s")
-    print(f"ratio:             {rate / bare:6.2f} (target ≥ 0.8)")
-    print(f"rasterize_shard:   {shard:6.1f} pages/s (watched reader process, parts, journal)")
-    print(f"ratio:             {shard / bare:6.2f}")
+        spreads = rate_spreads({"bare": bare_loop, "ours": ours, "shard": watched_shard}, paths, cfg, args.repeats)
+    print(f"{len(paths)} {source}, ≤{args.pages_per_paper} pages each, dpi {cfg.dpi}, {cfg.size}px {cfg.crop}; "
+          f"{args.repeats} interleaved rounds, median [min, max]")
+    print(f"bare PyMuPDF loop: {spreads['bare']} pages/s")
+    print(f"rasterize_pdf:     {spreads['ours']} pages/s")
+    print(f"ratio:             {spreads['ours/bare']} (target ≥ 0.8)")
+    print(f"rasterize_shard:   {spreads['shard']} pages/s (watched reader process, parts, journal)")
+    print(f"ratio:             {spreads['shard/bare']}")
 
 
 if __name__ == "__main__":

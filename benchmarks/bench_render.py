@@ -15,7 +15,6 @@ import io
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -23,20 +22,19 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.timing import MIN_ROUNDS, Spread, ratio_spread, time_interleaved  # noqa: E402
 from dnd.data.render import PageLayout, RenderConfig  # noqa: E402
 from dnd.stages.text_image import TextImageConfig, WikiTextConfig, extract_wiki_text, render_text_images  # noqa: E402
 
 
-def bare_loop(pages: list[list[str]], layout: PageLayout) -> float:
+def bare_loop(pages: list[list[str]], layout: PageLayout) -> None:
     cfg, font, height = layout.cfg, layout.font, layout.line_height
-    start = time.perf_counter()
     for lines in pages:
         image = Image.new(cfg.mode, (cfg.size, cfg.size), "white")
         draw = ImageDraw.Draw(image)
         for row, line in enumerate(lines):
             draw.text((cfg.margin, cfg.margin + row * height), line, fill="black", font=font)
         image.save(io.BytesIO(), format="PNG", optimize=False, compress_level=6)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -46,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dump", nargs="?", default=str(default))
     parser.add_argument("--max-articles", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=MIN_ROUNDS, help="interleaved timed rounds")
     args = parser.parse_args()
     os.environ["DND_WORKERS"] = "1"
 
@@ -60,19 +58,20 @@ def main() -> None:
         layout = PageLayout(RenderConfig())
         pages = [page for text in texts for page in layout.pages(text)]
 
-        bare, pipeline = [], []
-        for repeat in range(args.repeats):
-            bare.append(bare_loop(pages, layout))
-            start = time.perf_counter()
-            render_text_images(TextImageConfig(shards=1), chunks, tmp / f"out{repeat}", tmp / f"work{repeat}")
-            pipeline.append(time.perf_counter() - start)
+        runs = iter(range(10**6))  # each stage run writes a fresh output folder
+
+        def stage() -> None:
+            run = next(runs)
+            render_text_images(TextImageConfig(shards=1), chunks, tmp / f"out{run}", tmp / f"work{run}")
+
+        times = time_interleaved({"bare": lambda: bare_loop(pages, layout), "stage": stage}, args.repeats)
 
     n = len(pages)
-    bare_rate, pipe_rate = n / min(bare), n / min(pipeline)
-    print(f"dump: {args.dump}  ({len(texts)} chunks, {n} pages, best of {args.repeats}, 1 process)")
-    print(f"{'bare Pillow loop':<22}{bare_rate:10.1f} pages/s")
-    print(f"{'pipeline stage':<22}{pipe_rate:10.1f} pages/s")
-    print(f"ratio pipeline/bare: {pipe_rate / bare_rate:.3f}  (target >= 0.8)")
+    print(f"dump: {args.dump}  ({len(texts)} chunks, {n} pages, {args.repeats} interleaved rounds, 1 process; "
+          "median [min, max])")
+    print(f"{'bare Pillow loop':<22}{Spread.of([n / t for t in times['bare']])} pages/s")
+    print(f"{'pipeline stage':<22}{Spread.of([n / t for t in times['stage']])} pages/s")
+    print(f"ratio pipeline/bare: {ratio_spread(times['bare'], times['stage'])}  (target >= 0.8)")
 
 
 if __name__ == "__main__":

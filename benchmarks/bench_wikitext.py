@@ -10,8 +10,8 @@ comparison is of cleaners alone:
                `--processes 1` would add a worker process and a template-collection pass over the
                dump; plain-text output, `html_safe=False`, so it is not penalised for escaping `&`);
   (c) naive    `mwparserfromhell.parse(text).strip_code()`.
-All three run single-threaded in this process (one core); times are the best of `--repeats` runs, so
-other load on the machine inflates them less. Markup leftovers are counted in each output.
+All three run single-threaded in this process (one core), interleaved round by round (benchmarks/timing.py),
+each time and each ratio against ours printed as median [min, max]. Markup leftovers are counted in each output.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import argparse
 import logging
 import re
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import mwparserfromhell  # noqa: E402
 from wikiextractor.extract import Extractor  # noqa: E402
 
+from benchmarks.timing import MIN_ROUNDS, Spread, ratio_spread, time_interleaved  # noqa: E402
 from dnd.data.wiki import WikiPage, clean_wikitext, iter_pages  # noqa: E402
 
 DEFAULT_DUMP = (
@@ -66,43 +66,39 @@ METHODS: dict[str, Callable[[WikiPage], str]] = {
 }
 
 
-def best_time(run: Callable[[], object], repeats: int) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dump", nargs="?", type=Path, default=DEFAULT_DUMP, help="MediaWiki XML export (.xml or .bz2)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per method; the best time is reported")
+    parser.add_argument("--repeats", type=int, default=MIN_ROUNDS, help="interleaved timed rounds of the methods")
     args = parser.parse_args()
     if not args.dump.exists():
         sys.exit(f"dump not found: {args.dump}\npass a MediaWiki XML export (.xml or .xml.bz2) as the first argument")
     logging.getLogger("wikiextractor").setLevel(logging.ERROR)  # template warnings are noise here
 
-    read_s, pages = best_time(lambda: list(iter_pages(args.dump)), args.repeats)
-    print(f"{args.dump.name}: {len(pages)} articles; reading {read_s:.3f} s")
-    print(f"best of {args.repeats} runs, single-threaded\n")
-    rows = []
-    for name, clean in METHODS.items():
-        clean_s, texts = best_time(lambda clean=clean: [clean(page) for page in pages], args.repeats)
-        joined = "\n".join(texts)
-        counts = {key: len(pattern.findall(joined)) for key, pattern in LEFTOVERS.items()}
-        rows.append((name, clean_s, read_s + clean_s, len(joined.split()), counts))
+    pages = list(iter_pages(args.dump))
+    texts: dict[str, list[str]] = {}
 
-    ours_total, ours_leftovers = rows[0][2], sum(rows[0][4].values())
-    header = f"{'method':<20}{'clean s':>9}{'read+clean s':>14}{'× dnd':>7}{'words':>9}"
+    def cleaning(name: str, clean: Callable[[WikiPage], str]) -> Callable[[], None]:
+        return lambda: texts.__setitem__(name, [clean(page) for page in pages])
+
+    times = time_interleaved({"read": lambda: list(iter_pages(args.dump)),
+                              **{name: cleaning(name, clean) for name, clean in METHODS.items()}}, args.repeats)
+    ours = next(iter(METHODS))
+    print(f"{args.dump.name}: {len(pages)} articles; reading {Spread.of(times['read'])} s")
+    print(f"{args.repeats} interleaved rounds, single-threaded; times and ratios are median [min, max]\n")
+    ours_leftovers = None
+    header = f"{'method':<20}{'clean s':>24}{'clean × dnd':>24}{'words':>9}"
     header += "".join(f"{key:>7}" for key in LEFTOVERS) + f"{'total':>8}{'× dnd':>8}"
     print(header)
     print("-" * len(header))
-    for name, clean_s, total_s, words, counts in rows:
+    for name in METHODS:
+        joined = "\n".join(texts[name])
+        counts = {key: len(pattern.findall(joined)) for key, pattern in LEFTOVERS.items()}
         leftovers = sum(counts.values())
+        ours_leftovers = leftovers if ours_leftovers is None else ours_leftovers
         leftover_ratio = f"{leftovers / ours_leftovers:.0f}" if ours_leftovers else ("1" if not leftovers else "∞")
-        line = f"{name:<20}{clean_s:>9.3f}{total_s:>14.3f}{total_s / ours_total:>7.2f}{words:>9}"
+        line = (f"{name:<20}{str(Spread.of(times[name])):>24}{str(ratio_spread(times[name], times[ours])):>24}"
+                f"{len(joined.split()):>9}")
         line += "".join(f"{counts[key]:>7}" for key in LEFTOVERS) + f"{leftovers:>8}{leftover_ratio:>8}"
         print(line)
     print("\n'|' also counts pipes that belong to the articles' own text.")
