@@ -30,6 +30,10 @@ def _rfid_note(m: dict[str, Any]) -> str:
     return RFID_NA if not reason or "inception_weights" in reason else f"rFID n/a: {reason}"
 
 
+def _interval(interval: list[float] | None, digits: int) -> str:
+    return NA if interval is None else f"[{fmt(interval[0], digits)}, {fmt(interval[1], digits)}]"
+
+
 def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
     """Rows: tokenizers on the class-labelled test set; rFID, L2, code usage (mean and per depth)."""
     rows = []
@@ -41,11 +45,15 @@ def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
             "depth": m.get("depth", NA),
             "codebook_size": m.get("codebook_size", NA),
             "rFID": fmt(m.get("rfid"), 2),
+            "rFID_95ci": _interval(m.get("rfid_interval"), 2),
             "L2": fmt(m["l2"]),
             "code_usage": fmt(sum(usage) / len(usage) if usage else None, 3),
             "code_usage_per_depth": "/".join(f"{u:.2f}" for u in usage) or NA,
             "code_entropy_bits_per_depth": "/".join(f"{e:.2f}" for e in m.get("code_entropy_bits", [])) or NA,
             "n_images": m["n_images"],
+            # rFID's reference is the test images themselves (originals vs their reconstructions)
+            "n_reference": m.get("rfid_n_reference", NA),
+            "paper_protocol": m.get("rfid_paper_protocol", NA),
             "note": join_notes(notes.get(m["tokenizer"], ""), _continuous_note(m), _rfid_note(m)),
         })
     return pd.DataFrame(rows)

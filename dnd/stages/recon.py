@@ -30,16 +30,20 @@ GRID_IMAGES = 4  # test images (columns) in a recon grid
 
 @dataclass
 class ReconEvalConfig:
-    max_images: int | None = 16  # test images per (tokenizer, test set); None = the whole split
+    # test images per (tokenizer, test set); None = the whole split. The rule sets it per test set: Table 1b's
+    # OCR test sets take evaluation.recon.max_images, Table 1a's evaluation.recon.rfid_max_images
+    max_images: int | None = 16
     batch_size: int = 8
+    bootstrap_resamples: int = 100  # resamples of the Inception features behind the rFID interval; 0 = none
+    bootstrap_seed: int = 0
     ocr: OCRConfig = field(default_factory=OCRConfig)
     inception_weights: str | None = None  # metrics.inception_weights; None → rFID is n/a
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "ReconEvalConfig":
         """From the rule's params {recon: evaluation.recon, metrics: metrics}; absent keys take the defaults above
-        (`reference_vaes` are rows of their own, not settings of this evaluation)."""
-        recon = {k: v for k, v in params.get("recon", {}).items() if k != "reference_vaes"}
+        (`reference_vaes` are rows of their own; `rfid_max_images` arrives as `max_images` for Table 1a's set)."""
+        recon = {k: v for k, v in params.get("recon", {}).items() if k not in ("reference_vaes", "rfid_max_images")}
         metrics = params.get("metrics", {})
         return cls(**recon, ocr=OCRConfig(**metrics.get("ocr", {})), inception_weights=metrics.get("inception_weights"))
 
@@ -156,22 +160,32 @@ def ocr_metrics(recons: np.ndarray, texts: list[str], cfg: ReconEvalConfig) -> d
 
 
 def rfid_metrics(originals: np.ndarray, recons: np.ndarray, cfg: ReconEvalConfig, device: torch.device) -> dict[str, Any]:
-    from dnd.metrics.fid import collect_features, compute_stats, frechet_distance
+    """rFID of the reconstructions against their originals, with its bootstrap interval (both feature sets
+    resampled) and whether its image count follows the paper's protocol; n/a with the reason without
+    Inception weights or with no more images than feature dimensions."""
+    from dnd.metrics.bootstrap import BootstrapSettings, fid_interval
+    from dnd.metrics.fid import collect_features, compute_stats, frechet_distance, frechet_na_reason
     from dnd.metrics.inception import InceptionWeightsMissing, load_inception
+    from dnd.metrics.protocol import rfid_protocol
 
-    if len(originals) < 2:  # a covariance needs two images at least
-        reason = f"rFID needs at least 2 test images; the test split has {len(originals)}"
-        log.warning("rFID is n/a: %s", reason)
-        return {"rfid": None, "rfid_na_reason": reason}
+    counts = {"rfid_n_reference": len(originals), "rfid_paper_protocol": rfid_protocol(len(originals))}
     try:
         extractor = load_inception(cfg.inception_weights, device)
     except InceptionWeightsMissing as missing:
         log.warning("rFID is n/a: %s", missing)
-        return {"rfid": None, "rfid_na_reason": str(missing)}
-    real = collect_features(np.array_split(originals, max(1, math.ceil(len(originals) / 50))), extractor)
-    fake = collect_features(np.array_split(recons, max(1, math.ceil(len(recons) / 50))), extractor)
-    return {"rfid": frechet_distance(compute_stats(real["pool"]), compute_stats(fake["pool"])),
-            "rfid_provenance": extractor.provenance}
+        return {"rfid": None, "rfid_na_reason": str(missing), **counts}
+    reason = frechet_na_reason(len(recons), len(originals), what="rFID")
+    if reason:
+        log.warning("%s", reason)
+        return {"rfid": None, "rfid_na_reason": reason, **counts}
+    real = collect_features(np.array_split(originals, max(1, math.ceil(len(originals) / 50))), extractor)["pool"]
+    fake = collect_features(np.array_split(recons, max(1, math.ceil(len(recons) / 50))), extractor)["pool"]
+    real_stats = compute_stats(real)
+    bootstrap = BootstrapSettings(resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed)
+    interval = fid_interval(fake, real_stats, real, bootstrap, str(device)) if bootstrap.resamples > 0 else None
+    return {"rfid": frechet_distance(compute_stats(fake), real_stats), "rfid_interval": interval,
+            "rfid_bootstrap": bootstrap.describe() if interval else "no interval (0 resamples)",
+            "rfid_provenance": extractor.provenance, **counts}
 
 
 def save_recon_grid(rows: list[torch.Tensor], path: Path) -> None:
