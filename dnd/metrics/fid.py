@@ -85,10 +85,11 @@ FEATURE_DIM = 2048  # Inception pool_3
 IS_SPLIT_SIZE = 5000  # ADM's compute_inception_score(split_size=5000)
 
 
-def frechet_na_reason(n_samples: int, n_reference: int | None, dim: int = FEATURE_DIM, what: str = "FID") -> str | None:
+def frechet_na_reason(n_samples: int, n_reference: int | None, dim: int = FEATURE_DIM, what: str = "FID",
+                      sides: tuple[str, str] = ("sample", "reference")) -> str | None:
     """Why a Fréchet distance between sets of `n_samples` and `n_reference` (None: precomputed statistics of
     a large set) feature vectors of `dim` dimensions is n/a, or None when it is well defined."""
-    for side, n in (("sample", n_samples), ("reference", n_reference)):
+    for side, n in zip(sides, (n_samples, n_reference)):
         if n is not None and n <= dim:
             return (f"{what} n/a: {n} {side} images, no more than the {dim} feature dimensions (the covariance is "
                     f"singular and a number would only reflect its regularisation); it needs at least {dim + 1}")

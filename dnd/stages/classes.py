@@ -70,12 +70,14 @@ def prepare_shard(task: ClassShardTask) -> dict[str, Any]:
     return shards.build_raw_shard(raw, build, shards.image_schema(EXTRA_FIELDS))
 
 
-TEST_ID_PREFIX = "test:"  # ids of test_root's images, which may repeat a training file's relative path
+# test_root's ids are "<class>/@test_root/<file>": a file may repeat a training file's relative path, and the
+# class stays the id's first part (the record's title)
+TEST_ID_MARK = "/@test_root/"
 BEYOND_TEST_CAP = "beyond_test_cap"  # a split label no shard is written for
 
 
 def test_folder_images(test_root: Path, classes: list[str], listing: Counter) -> list[tuple[str, str, int]]:
-    """test_root's images as (path, "test:<class>/<file>", label of the training folder of the same name)."""
+    """test_root's images as (path, "<class>/@test_root/<file>", label of the training folder of the same name)."""
     test_classes, files = list_images(test_root, listing)
     unknown = sorted(set(test_classes) - set(classes))
     if unknown:
@@ -83,7 +85,8 @@ def test_folder_images(test_root: Path, classes: list[str], listing: Counter) ->
                          f"({len(unknown)} in all) are not class folders of the training tree; arrange the test "
                          "images into the training set's class folders (data.classes.test_root)")
     labels = {name: label for label, name in enumerate(classes)}
-    return [(str(path), TEST_ID_PREFIX + image_id, labels[image_id.split("/", 1)[0]]) for path, image_id, _ in files]
+    test_ids = [image_id.replace("/", TEST_ID_MARK, 1) for _, image_id, _ in files]
+    return [(str(path), test_id, labels[test_id.split("/", 1)[0]]) for (path, _, _), test_id in zip(files, test_ids)]
 
 
 def assign_class_splits(ids: list[str], cfg: ClassesConfig) -> dict[str, str]:
@@ -92,7 +95,7 @@ def assign_class_splits(ids: list[str], cfg: ClassesConfig) -> dict[str, str]:
     images must never reach train) and root's go to train and val only."""
     if cfg.test_root is None:
         return assign_splits({image_id: 1 for image_id in ids}, cfg.splits)
-    is_test = [image_id.startswith(TEST_ID_PREFIX) for image_id in ids]
+    is_test = [TEST_ID_MARK in image_id for image_id in ids]
     train_cfg = replace(cfg.splits, test_fraction=0.0, test_max_images=None)
     splits = assign_splits({image_id: 1 for image_id, test in zip(ids, is_test) if not test}, train_cfg)
     tests = sorted((image_id for image_id, test in zip(ids, is_test) if test), key=lambda i: (key_hash(i), i))

@@ -174,7 +174,7 @@ def rfid_metrics(originals: np.ndarray, recons: np.ndarray, cfg: ReconEvalConfig
     except InceptionWeightsMissing as missing:
         log.warning("rFID is n/a: %s", missing)
         return {"rfid": None, "rfid_na_reason": str(missing), **counts}
-    reason = frechet_na_reason(len(recons), len(originals), what="rFID")
+    reason = frechet_na_reason(len(recons), len(originals), what="rFID", sides=("reconstructed", "original"))
     if reason:
         log.warning("%s", reason)
         return {"rfid": None, "rfid_na_reason": reason, **counts}
