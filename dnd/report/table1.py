@@ -68,11 +68,15 @@ def table1b(metrics: list[Path], columns: dict[str, str], notes: dict[str, str])
         row.setdefault("ocr_backend", m.get("ocr_backend", NA))
         row.setdefault("n_images", {})[columns[m["testset"]]] = m["n_images"]
         row["auto_note"] = _continuous_note(m)
+        if m.get("rocr_reference", "").startswith("the OCR of the original"):
+            row.setdefault("reference_notes", []).append(f"{columns[m['testset']]} scored against the OCR of the original images")
     frame = pd.DataFrame(list(by_row.values()))
     names = [columns[t] for t in TESTSET_ORDER if t in columns]
     # in the columns' order, whatever the order of the metrics files (or of the config's keys)
     frame["n_images"] = frame["n_images"].map(lambda d: " ".join(f"{k}:{d[k]}" for k in [*names, *sorted(set(d) - set(names))] if k in d))
-    frame["note"] = [join_notes(notes.get(t, ""), auto) for t, auto in zip(frame["tokenizer"], frame["auto_note"])]
+    references = frame["reference_notes"] if "reference_notes" in frame else [None] * len(frame)
+    frame["note"] = [join_notes(notes.get(t, ""), auto, "; ".join(refs) if isinstance(refs, list) else "")
+                     for t, auto, refs in zip(frame["tokenizer"], frame["auto_note"], references)]
     return frame[["tokenizer", *names, "ocr_backend", "n_images", "note"]]
 
 

@@ -117,9 +117,12 @@ def _recon_settings(testset):
     rfid_max_images, the OCR test sets of Table 1b from max_images: each count reruns its own table's cells.
     reference_vaes is left out: adding a VAE must not rerun the tokenizers' evaluations."""
     recon = config.get("evaluation", {}).get("recon", {})
-    settings = {key: value for key, value in recon.items() if key not in ("reference_vaes", "rfid_max_images")}
+    per_testset = ("reference_vaes", "rfid_max_images", "rocr_reference")
+    settings = {key: value for key, value in recon.items() if key not in per_testset}
     if testset == config.get("tables", {}).get("table1a", {}).get("testset", "classes"):
         settings["max_images"] = recon.get("rfid_max_images")
+    # rOCR's reference for this test set only: editing arXiv512's reruns no Text256 cell
+    settings["ocr_reference"] = recon.get("rocr_reference", {}).get(testset, "text")
     return settings
 
 
