@@ -214,6 +214,13 @@ def test_table2_rows_columns_and_na_cells(tmp_path):
     assert frame.loc[0, "n_reference"] == "FID:ADM precomputed (whole set) PR:10000"
     assert frame.loc[0, "paper_protocol"].startswith("not comparable to the paper")
     assert (frame.loc[2, "FID_95ci"], frame.loc[2, "n_reference"]) == ("n/a", "n/a")
+    # FID alone n/a (too few images): IS and precision/recall stay, the note gives the reason
+    few = json.loads(paths[0].read_text()) | {"fid": None, "frechet_na_reason": "FID n/a: 100 sample images, no more than ..."}
+    few["intervals"]["fid"] = None
+    (tmp_path / "few.json").write_text(json.dumps(few))
+    row = gen_tables.table2([tmp_path / "few.json"], {}).iloc[0]
+    assert (row["FID"], row["FID_95ci"], row["IS"]) == ("n/a", "n/a", "250.0")
+    assert row["note"].startswith("FID n/a: 100 sample images")
     demo = frame.iloc[2]
     assert (demo["FID"], demo["IS"], demo["precision"], demo[gen_tables.CLASSIFIER_ACC]) == ("n/a", "n/a", "n/a", "0.900")
     assert demo["note"].startswith("demo: digits 32 px") and WEIGHTS_SETTING in demo["note"] and "0.990" in demo["note"]
