@@ -20,7 +20,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from scipy import linalg
 
 from dnd.atomic import atomic_path
 from dnd.metrics.inception import InceptionExtractor
+
+if TYPE_CHECKING:  # bootstrap.py imports this module
+    from dnd.metrics.bootstrap import BootstrapSettings
 
 ADM_COMPARABILITY = (
     "same Inception network and formulas as the ADM evaluator, run as torch-fidelity's PyTorch port of the "
@@ -242,7 +245,7 @@ def evaluate_images(
     pr_k: int = 3,
     pr_batch_size: int = 4096,
     pr_distance_dtype: str = "float16",
-    bootstrap: "BootstrapSettings | None" = None,
+    bootstrap: BootstrapSettings | None = None,
 ) -> dict:
     """FID, IS, precision and recall of uint8 NHWC image batches against `reference`, each with its
     bootstrap interval over the feature sets (`bootstrap`; None or 0 resamples = no interval).
