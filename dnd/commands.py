@@ -100,7 +100,7 @@ def cmd_prepare_images(args: argparse.Namespace) -> None:
     raw = _stage_config(args, "data.classes")
     if args.root:
         raw = {**raw, "root": args.root}
-    inputs = [Path(raw["root"])]
+    inputs = [Path(raw["root"]), *([Path(raw["test_root"])] if raw.get("test_root") else [])]
     work = _work_area(args, "prepare_images", "classes", raw, inputs)
     prepare_images(ClassesConfig.from_dict(raw), Path(args.out), work)
 

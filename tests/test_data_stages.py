@@ -99,3 +99,25 @@ def test_labelled_set_round_trips_with_labels(tmp_path):
     assert again["images"] == manifest["images"]
     for shard in (tmp_path / "out").rglob("*.parquet"):
         assert shard.read_bytes() == (tmp_path / "out2" / shard.relative_to(tmp_path / "out")).read_bytes()
+
+
+def test_a_separate_test_folder_is_the_whole_test_split(tmp_path):
+    """data.classes.test_root (the paper's Table 1a: ImageNet val): its images, labelled by the training tree's
+    class folders, make the test split (capped by test_max_images, the rest written nowhere), and no training
+    image is in test."""
+    root = write_digits_image_folder(tmp_path / "train", per_class=4, upscale_to=16)
+    test_root = write_digits_image_folder(tmp_path / "val", per_class=2, upscale_to=16)
+    shutil.rmtree(test_root / "7")  # a class may have no test images
+    cfg = ClassesConfig(root=str(root), test_root=str(test_root), image=LabelledConfig(size=16, grayscale=True), shards=2,
+                        splits=SplitConfig(val_fraction=0.25, test_fraction=0.5, test_max_images=15))
+    manifest = prepare_images(cfg, tmp_path / "out", tmp_path / "work")
+    test = list(shards.iter_records(tmp_path / "out", "test"))
+    assert len(test) == 15 and manifest["images"]["test"] == 15
+    assert manifest["stats"]["skipped_image:test_root_beyond_test_max_images"] == 18 - 15
+    assert all("/@test_root/" in r["id"] and r["label"] == int(r["title"]) == int(r["id"].split("/")[0]) for r in test)
+    rest = [r for split in ("train", "val") for r in shards.iter_records(tmp_path / "out", split)]
+    assert len(rest) == 40 and not any("@test_root" in r["id"] for r in rest)
+    (test_root / "not_a_class").mkdir()
+    (test_root / "not_a_class" / "x.png").write_bytes((test_root / "0").iterdir().__next__().read_bytes())
+    with pytest.raises(ValueError, match="not_a_class.*training set's class folders"):
+        prepare_images(cfg, tmp_path / "out2", tmp_path / "work2")

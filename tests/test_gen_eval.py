@@ -134,18 +134,24 @@ def test_generation_with_weights_gives_numbers_and_names_them(digits, classifier
     assert provenance["available"] and provenance["reference_images"] == 5
     images, labels = split_images(digits, "test")
     samples = write_samples(tmp_path / "samples", images[:5], labels[:5])
-    gen_cfg = GenEvalConfig(inception_weights=str(random_weights), batch_size=5, is_splits=10)
+    gen_cfg = GenEvalConfig(inception_weights=str(random_weights), batch_size=5, is_split_size=2, bootstrap_resamples=4)
     result = evaluate_generation(samples, reference_path, classifier_path, tmp_path / "m.json", gen_cfg)
-    assert np.isfinite(result["fid"]) and result["fid"] > -1e-6
+    # 5 images in 2048 dimensions: FID n/a with the reason; IS and precision/recall are numbers
+    assert result["fid"] is None and "5 sample images" in result["frechet_na_reason"]
     assert result["is"] >= 1.0 - 1e-9
     assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
     assert "fid_na_reason" not in result
+    assert result["n_reference"] == {"fid": 5, "precision_recall": 5}
+    assert result["intervals"]["fid"] is None and len(result["intervals"]["is"]) == 2
+    assert result["paper_protocol"].startswith("not comparable to the paper: 5 samples (paper: 50000)")
+    assert "data set split" in result["paper_protocol"]
     named = result["provenance"]
     assert named["inception_weights"] == str(random_weights)
     assert named["inception_weights_sha256"] == file_sha256(random_weights)
     assert named["reference"]["reference_dataset"] == str(digits)
     assert named["reference"]["reference_split"] == "train"
-    assert named["is_splits"] == 5  # capped at the number of samples
+    assert named["is_chunks"] == [2, 2, 1]  # ADM: consecutive chunks, the last one partial
+    assert "4 resamples" in named["bootstrap"]
     assert "repeated to 3 channels" in named["grayscale"]
     assert result["classifier"]["n"] == 5
     # A reference made with other weights is refused, never mixed into one FID.
@@ -178,6 +184,11 @@ def metrics_json(folder: Path, model: str, cfg: float, variant: str, fid: float 
         "classifier": None if acc is None else {"accuracy": acc, "confidence": acc - 0.1, "real_test_accuracy": 0.99},
         "provenance": {"evaluator": None if fid is None else "dnd.metrics.fid", "reference": {"available": fid is not None}},
     }
+    if fid is not None:
+        result |= {"intervals": {"fid": [fid - 0.1, fid + 0.1], "is": [245.0, 255.0], "precision": [0.79, 0.81],
+                                 "recall": [0.54, 0.56]},
+                   "n_reference": {"fid": None, "precision_recall": 10_000},
+                   "paper_protocol": "not comparable to the paper: 100 samples (paper: 50000)"}
     if fid is None:
         result["fid_na_reason"] = f"... set {WEIGHTS_SETTING} ..."
     if acc is None:
@@ -198,6 +209,18 @@ def test_table2_rows_columns_and_na_cells(tmp_path):
     assert list(zip(frame["model"], frame["cfg"])) == [("dnd_xxl", "1.5"), ("dnd_xxl", "4"), ("demo", "2")]
     assert list(frame["params"]) == ["1.4B", "1.4B", "2.3M"]
     assert frame.loc[0, "FID"] == "2.96" and frame.loc[0, gen_tables.CLASSIFIER_ACC] == "n/a"
+    assert (frame.loc[0, "FID_95ci"], frame.loc[0, "IS_95ci"], frame.loc[0, "recall_95ci"]) == (
+        "[2.86, 3.06]", "[245.0, 255.0]", "[0.540, 0.560]")
+    assert frame.loc[0, "n_reference"] == "FID:ADM precomputed (whole set) PR:10000"
+    assert frame.loc[0, "paper_protocol"].startswith("not comparable to the paper")
+    assert (frame.loc[2, "FID_95ci"], frame.loc[2, "n_reference"]) == ("n/a", "n/a")
+    # FID alone n/a (too few images): IS and precision/recall stay, the note gives the reason
+    few = json.loads(paths[0].read_text()) | {"fid": None, "frechet_na_reason": "FID n/a: 100 sample images, no more than ..."}
+    few["intervals"]["fid"] = None
+    (tmp_path / "few.json").write_text(json.dumps(few))
+    row = gen_tables.table2([tmp_path / "few.json"], {}).iloc[0]
+    assert (row["FID"], row["FID_95ci"], row["IS"]) == ("n/a", "n/a", "250.0")
+    assert row["note"].startswith("FID n/a: 100 sample images")
     demo = frame.iloc[2]
     assert (demo["FID"], demo["IS"], demo["precision"], demo[gen_tables.CLASSIFIER_ACC]) == ("n/a", "n/a", "n/a", "0.900")
     assert demo["note"].startswith("demo: digits 32 px") and WEIGHTS_SETTING in demo["note"] and "0.990" in demo["note"]

@@ -159,3 +159,27 @@ def test_reconstruction_metrics(trained, text_dataset, tmp_path):
     assert metrics["rfid"] is None and "metrics.inception_weights" in metrics["rfid_na_reason"]
     assert json.loads((tmp_path / "tiny.json").read_text())["tokenizer"] == "tiny"
     assert (tmp_path / "tiny.png").exists()
+
+
+def test_rocr_can_score_against_the_ocr_of_the_original_image(monkeypatch):
+    """rocr_reference: original_ocr (the paper's arXiv512) scores the reconstructions' OCR against the same
+    backend's reading of the originals, not against the ground-truth text."""
+    from dnd.stages import recon
+
+    class PixelReader:  # "OCR" that reads an image's first pixel value: deterministic and image-dependent
+        name = "pixel"
+
+        def read(self, images):
+            return [f"word{image.convert('L').getpixel((0, 0))}" for image in images]
+
+    monkeypatch.setattr(recon, "make_ocr_backend", lambda cfg: PixelReader())
+    originals = np.zeros((2, 4, 4, 3), np.uint8)
+    recons = originals.copy()
+    recons[1] = 9
+    texts = ["ground truth", "ground truth"]
+    against_text = recon.ocr_metrics(recons, texts, ReconEvalConfig(), originals)
+    against_original = recon.ocr_metrics(recons, texts, ReconEvalConfig(ocr_reference="original_ocr"), originals)
+    assert against_text["rocr"] == 0.0 and "ground-truth text" in against_text["rocr_reference"]
+    assert against_original["rocr_per_image"] == [1.0, 0.0] and "OCR of the original" in against_original["rocr_reference"]
+    with pytest.raises(ValueError, match="rocr_reference"):
+        recon.ocr_metrics(recons, texts, ReconEvalConfig(ocr_reference="pdf"), originals)

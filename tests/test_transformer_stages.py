@@ -13,7 +13,7 @@ import torch
 
 from dnd.data import shards
 from dnd.data.codes import CodeMapInfo, write_code_shard
-from dnd.stages.sample import SampleSpec, sample_images
+from dnd.stages.sample import SampleSpec, label_list, sample_images
 from dnd.tokenizer.rqvae import RQVAE, rqvae_config
 from dnd.tokenizer.rqvae import save_tokenizer
 from dnd.transformer.model import load_transformer
@@ -107,6 +107,24 @@ def test_model_learns_the_class_code_maps(trained, codes):
     assert agreement > 0.9, f"greedy samples match their class prototype on {agreement:.0%} of codes"
 
 
+def grouped_by_class(labels) -> bool:
+    """Every class's labels in one contiguous run."""
+    runs = [label for i, label in enumerate(labels) if i == 0 or labels[i - 1] != label]
+    return len(runs) == len(set(runs))
+
+
+def test_sample_labels_are_balanced_shuffled_by_the_seed_and_mix_every_is_chunk():
+    """At the paper's scale (1000 classes × 50): 50 labels per class, and every ADM IS chunk of 5,000 holds
+    almost every class (stored by class, each chunk would hold 100)."""
+    spec = SampleSpec.from_dict({"per_class": 50, "seed": 0})
+    labels = np.asarray(label_list(1000, spec))
+    assert np.bincount(labels).tolist() == [50] * 1000 and not grouped_by_class(labels)
+    assert min(len(np.unique(labels[start : start + 5000])) for start in range(0, 50_000, 5000)) > 980
+    assert label_list(1000, spec) == labels.tolist()  # the seed decides the order
+    assert label_list(1000, SampleSpec.from_dict({"per_class": 50, "seed": 1})) != labels.tolist()
+    assert label_list(0, SampleSpec.from_dict({"n": 4})) == [-1] * 4  # unconditional
+
+
 def test_sampling_writes_the_adm_batch_and_is_deterministic(trained, tokenizer, tmp_path):
     spec = SampleSpec.from_dict({"cfg_scale": 2.0, "per_class": 2, "batch_size": 4, "shards": 2, "seed": 7})
     names = {"model": "t", "sampling": "cfg2"}
@@ -114,7 +132,9 @@ def test_sampling_writes_the_adm_batch_and_is_deterministic(trained, tokenizer, 
     sample_images(trained, tokenizer, spec, tmp_path / "b", tmp_path / "wb", names)
     with np.load(tmp_path / "a" / "samples.npz") as a, np.load(tmp_path / "b" / "samples.npz") as b:
         assert a["arr_0"].shape == (CLASSES * 2, GRID * 8, GRID * 8, 3) and a["arr_0"].dtype == np.uint8
-        assert a["arr_1"].tolist() == [0, 0, 1, 1, 2, 2]
+        # balanced, and stored in the seed's shuffled order, not grouped by class
+        assert sorted(a["arr_1"].tolist()) == [0, 0, 1, 1, 2, 2] and not grouped_by_class(a["arr_1"])
+        assert a["arr_1"].tolist() == label_list(CLASSES, spec)
         np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
     assert first["n_images"] == 6 and first["variant"] == "dnd" and first["params"] > 0
     assert len(list((tmp_path / "a" / "png").glob("*.png"))) == 6
@@ -138,7 +158,8 @@ def test_the_sampler_streams_its_shards_and_reads_only_the_model_header(trained,
     expected = np.concatenate([np.repeat(p["arr_0"], 3, axis=-1) if p["arr_0"].shape[-1] == 1 else p["arr_0"] for p in parts])
     with np.load(tmp_path / "out" / "samples.npz") as written:
         np.testing.assert_array_equal(written["arr_0"], expected)
-        assert written["arr_1"].tolist() == [c for c in range(CLASSES) for _ in range(3)]
+        assert written["arr_1"].tolist() == label_list(CLASSES, spec) == np.concatenate([p["arr_1"] for p in parts]).tolist()
+        assert sorted(written["arr_1"].tolist()) == [c for c in range(CLASSES) for _ in range(3)]
     streamed = np.concatenate(list(read_adm_batch(tmp_path / "out" / "samples.npz").iter_images(4)))
     np.testing.assert_array_equal(streamed, expected)
     assert summary["params"] == model.num_params() and summary["n_images"] == CLASSES * 3

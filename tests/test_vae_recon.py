@@ -113,3 +113,6 @@ def test_configured_vae_is_a_row_of_table1(vae_dir, text_testset, tmp_path):
     table1a = tables.table1a(metrics, {}).set_index("tokenizer")
     assert table1a.loc["tiny_vae", "code_usage"] == tables.NA and table1a.loc["tiny_vae", "depth"] == tables.NA
     assert "no codebook" in table1a.loc["tiny_vae", "note"]
+    # each rFID cell states its interval, its counts and whether it follows the paper's protocol
+    assert table1a.loc["tiny_vae", "rFID_95ci"] == tables.NA and table1a.loc["tiny_vae", "n_reference"] == 2
+    assert table1a.loc["tiny_vae", "paper_protocol"].startswith("not comparable to the paper: 2 test images")

@@ -215,7 +215,10 @@ def _dry_run_with(workdir: Path, config: dict, *keys_and_value) -> subprocess.Co
             "evaluate_generation", "make_table2", "make_table3",  # Tables 2 and 3
         }),
         (("tokenizers", "micro_d2", "train", "steps", 20), {"train_tokenizer", "evaluate_reconstruction", "make_table1b"}),
-        (("evaluation", "recon", "max_images", 1), {"evaluate_reconstruction", "make_table1a", "make_table1b"}),
+        # the OCR cells' count reruns Table 1b's cells only; Table 1a's (rFID, L2, code usage) has its own
+        (("evaluation", "recon", "max_images", 1), {"evaluate_reconstruction", "make_table1b"}),
+        (("evaluation", "recon", "rfid_max_images", 1), {"evaluate_reconstruction", "make_table1a"}),
+        (("evaluation", "recon", "rocr_reference", {"arxiv512": "original_ocr"}), {"evaluate_reconstruction", "make_table1b"}),
         (("tables", "table1a", "notes", {"micro_cls": "edited"}), {"make_table1a"}),
         # an optional pretrained model adds its own jobs and reruns no other row (a dry run: the path is not read)
         (("evaluation", "recon", "reference_vaes", {"sdxl_vae": {"path": "/models/sdxl-vae"}}),

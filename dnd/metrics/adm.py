@@ -167,6 +167,8 @@ def reference_from_adm_batch(
             "reference_batch_sha256": file_sha256(batch.path),
             "reference_images": batch.num_images,
             "reference_stats": stats_origin,
+            # ADM's precomputed mu/sigma are over its whole data set (ImageNet train), not over arr_0's images
+            "reference_stats_precomputed": use_precomputed_stats,
             "reference_features": "computed from arr_0 with our Inception extractor",
             **extractor.provenance,
         },

@@ -2,11 +2,15 @@
 
 - FID: Fréchet distance between Gaussians fitted to Inception pool features (scipy `sqrtm`, with the
   near-singular and complex-part handling of TTUR / pytorch-fid / ADM).
-- IS: exp(E[KL(p(y|x) || p(y))]) from the bias-free 1008-way logits, averaged over contiguous splits
-  (ADM uses splits of 5000 images: 10 splits for 50k samples).
+  A Fréchet distance needs more images than feature dimensions on each side (else the covariance is
+  singular and the number is an artefact of the regularisation): `frechet_na_reason` says when it is n/a.
+- IS: exp(E[KL(p(y|x) || p(y))]) from the bias-free 1008-way logits, averaged over consecutive chunks of
+  5,000 images in sample order, the last one partial (ADM's `compute_inception_score`: 50k samples give
+  10 chunks, 12k give 5,000 + 5,000 + 2,000).
 - Precision/recall: Kynkäänniemi et al. 2019, k-NN hyperspheres (k = 3) in squared Euclidean distance
   over pool features; precision = share of samples inside the real manifold, recall = share of real
-  images inside the sample manifold.
+  images inside the sample manifold. Distances in float16 as ADM (with its float32 fallback when a block
+  overflows), or in float32.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
@@ -25,6 +29,9 @@ from scipy import linalg
 
 from dnd.atomic import atomic_path
 from dnd.metrics.inception import InceptionExtractor
+
+if TYPE_CHECKING:  # bootstrap.py imports this module
+    from dnd.metrics.bootstrap import BootstrapSettings
 
 ADM_COMPARABILITY = (
     "same Inception network and formulas as the ADM evaluator, run as torch-fidelity's PyTorch port of the "
@@ -77,55 +84,107 @@ def frechet_distance(a: FeatureStats, b: FeatureStats, eps: float = 1e-6) -> flo
     return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * np.trace(covmean))
 
 
-def inception_score(logits: np.ndarray, splits: int = 10) -> float:
-    """logits: (N, C) bias-free Inception logits -> mean IS over `splits` contiguous chunks."""
-    logits = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    if len(logits) < splits:
-        raise ValueError(f"Inception Score with {splits} splits needs at least {splits} images, got {len(logits)}")
+FEATURE_DIM = 2048  # Inception pool_3
+IS_SPLIT_SIZE = 5000  # ADM's compute_inception_score(split_size=5000)
+
+
+def frechet_na_reason(n_samples: int, n_reference: int | None, dim: int = FEATURE_DIM, what: str = "FID",
+                      sides: tuple[str, str] = ("sample", "reference")) -> str | None:
+    """Why a Fréchet distance between sets of `n_samples` and `n_reference` (None: precomputed statistics of
+    a large set) feature vectors of `dim` dimensions is n/a, or None when it is well defined."""
+    for side, n in zip(sides, (n_samples, n_reference)):
+        if n is not None and n <= dim:
+            return (f"{what} n/a: {n} {side} images, no more than the {dim} feature dimensions (the covariance is "
+                    f"singular and a number would only reflect its regularisation); it needs at least {dim + 1}")
+    return None
+
+
+def inception_chunks(n: int, split_size: int = IS_SPLIT_SIZE) -> list[slice]:
+    """The ADM evaluator's IS chunks of `n` images: consecutive, `split_size` each, the last one partial."""
+    if n < 1 or split_size < 1:
+        raise ValueError(f"Inception Score needs at least 1 image and a split size of at least 1, got {n} and {split_size}")
+    return [slice(start, min(start + split_size, n)) for start in range(0, n, split_size)]
+
+
+def inception_score_of_log_probs(log_p: torch.Tensor, split_size: int = IS_SPLIT_SIZE) -> float:
+    """log_p: (N, C) log p(y|x) -> mean over `inception_chunks` of exp(E[KL(p(y|x) || p(y))])."""
     scores = []
-    for chunk in torch.tensor_split(logits, splits):
-        log_p = chunk.log_softmax(dim=1)  # (n, C) log p(y|x)
-        log_marginal = torch.logsumexp(log_p, dim=0) - math.log(len(chunk))  # (C,) log p(y)
-        kl = (log_p.exp() * (log_p - log_marginal)).sum(dim=1).mean()
+    for chunk in inception_chunks(len(log_p), split_size):
+        part = log_p[chunk]  # (n, C)
+        log_marginal = torch.logsumexp(part, dim=0) - math.log(len(part))  # (C,) log p(y)
+        kl = (part.exp() * (part - log_marginal)).sum(dim=1).mean()
         scores.append(kl.exp().item())
     return float(np.mean(scores))
 
 
-def _squared_distances(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(n, D), (m, D) -> (n, m) squared Euclidean distances."""
-    sq = (u * u).sum(1)[:, None] - 2 * u @ v.T + (v * v).sum(1)[None, :]
-    return sq.clamp_min_(0)
+def inception_log_probs(logits: np.ndarray) -> torch.Tensor:
+    """(N, C) bias-free Inception logits -> (N, C) float64 log-softmax."""
+    return torch.as_tensor(np.asarray(logits), dtype=torch.float64).log_softmax(dim=1)
 
 
-def manifold_radii(features: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
+def inception_score(logits: np.ndarray, split_size: int = IS_SPLIT_SIZE) -> float:
+    """logits: (N, C) bias-free Inception logits -> IS averaged over ADM's chunks of `split_size` images."""
+    return inception_score_of_log_probs(inception_log_probs(logits), split_size)
+
+
+PR_DISTANCE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def _squared_distances(u: torch.Tensor, v: torch.Tensor, dtype: str = "float32") -> torch.Tensor:
+    """(n, D), (m, D) -> (n, m) float32 squared Euclidean distances, computed in `dtype`. float16 is the ADM
+    evaluator's DistanceBlock: both sets cast to float16, and the block redone in float32 when it overflows."""
+    def distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ((a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :]).clamp_min(0)
+
+    if dtype == "float16":
+        half = distances(u.to(torch.float16), v.to(torch.float16))
+        if torch.isfinite(half).all():
+            return half.float()
+    elif dtype not in PR_DISTANCE_DTYPES:
+        raise ValueError(f"precision/recall distance dtype must be one of {sorted(PR_DISTANCE_DTYPES)}, got {dtype!r}")
+    return distances(u.float(), v.float())
+
+
+def manifold_radii(features: torch.Tensor, k: int, batch_size: int, dtype: str = "float32") -> torch.Tensor:
     """(N, D) -> (N,) squared distance of each vector to its k-th nearest neighbour (itself excluded)."""
     if len(features) <= k:
         raise ValueError(f"precision/recall with k={k} needs more than {k} feature vectors, got {len(features)}")
     radii = [
         # The point itself is the nearest one (distance 0), so the k-th neighbour is the (k+1)-th smallest.
-        _squared_distances(rows, features).kthvalue(k + 1, dim=1).values
+        _squared_distances(rows, features, dtype).kthvalue(k + 1, dim=1).values
         for rows in features.split(batch_size)
     ]
     return torch.cat(radii)
 
 
 def precision_recall(
-    real_feats: np.ndarray, fake_feats: np.ndarray, k: int = 3, batch_size: int = 4096, device: str = "cpu"
+    real_feats: np.ndarray, fake_feats: np.ndarray, k: int = 3, batch_size: int = 4096, device: str = "cpu",
+    distance_dtype: str = "float32",
 ) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) of fake vs real features (N, D)."""
+    fake_in_real, real_in_fake = manifold_membership(real_feats, fake_feats, k, batch_size, device, distance_dtype)
+    return float(fake_in_real.mean()), float(real_in_fake.mean())
+
+
+def manifold_membership(
+    real_feats: np.ndarray, fake_feats: np.ndarray, k: int = 3, batch_size: int = 4096, device: str = "cpu",
+    distance_dtype: str = "float32",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N_fake,) whether each sample lies in the real manifold, (N_real,) whether each real image lies in the
+    sample manifold: their means are precision and recall."""
     real = torch.as_tensor(np.asarray(real_feats), dtype=torch.float32, device=device)
     fake = torch.as_tensor(np.asarray(fake_feats), dtype=torch.float32, device=device)
-    real_radii = manifold_radii(real, k, batch_size)  # (N_real,)
-    fake_radii = manifold_radii(fake, k, batch_size)  # (N_fake,)
+    real_radii = manifold_radii(real, k, batch_size, distance_dtype)  # (N_real,)
+    fake_radii = manifold_radii(fake, k, batch_size, distance_dtype)  # (N_fake,)
     fake_in_real = torch.zeros(len(fake), dtype=torch.bool, device=device)
     real_in_fake = torch.zeros(len(real), dtype=torch.bool, device=device)
     for r0 in range(0, len(real), batch_size):
         real_rows, radii_rows = real[r0 : r0 + batch_size], real_radii[r0 : r0 + batch_size]
         for f0 in range(0, len(fake), batch_size):
-            dist = _squared_distances(real_rows, fake[f0 : f0 + batch_size])  # (n_real, n_fake)
+            dist = _squared_distances(real_rows, fake[f0 : f0 + batch_size], distance_dtype)  # (n_real, n_fake)
             fake_in_real[f0 : f0 + batch_size] |= (dist <= radii_rows[:, None]).any(dim=0)
             real_in_fake[r0 : r0 + batch_size] |= (dist <= fake_radii[None, f0 : f0 + batch_size]).any(dim=1)
-    return fake_in_real.float().mean().item(), real_in_fake.float().mean().item()
+    return fake_in_real.cpu().numpy(), real_in_fake.cpu().numpy()
 
 
 def as_nchw_uint8(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -182,34 +241,67 @@ def evaluate_images(
     image_batches: Iterable[np.ndarray],
     extractor: InceptionExtractor,
     reference: Reference,
-    is_splits: int = 10,
+    is_split_size: int = IS_SPLIT_SIZE,
     pr_k: int = 3,
     pr_batch_size: int = 4096,
+    pr_distance_dtype: str = "float16",
+    bootstrap: BootstrapSettings | None = None,
 ) -> dict:
-    """FID, IS, precision and recall of uint8 NHWC image batches against `reference`.
+    """FID, IS, precision and recall of uint8 NHWC image batches against `reference`, each with its
+    bootstrap interval over the feature sets (`bootstrap`; None or 0 resamples = no interval).
 
-    Returns {"fid", "is", "precision", "recall", "n", "provenance"}; precision and recall are None when
-    the reference carries no features. `provenance` names the evaluator, the weights and the reference.
+    Returns {"fid", "fid_na_reason", "is", "precision", "recall", "n", "n_reference", "intervals",
+    "provenance"}: FID is None with its reason when either side has no more images than feature dimensions,
+    precision and recall are None when the reference carries no features. `n_reference` holds the images
+    behind the reference's FID statistics (None: precomputed by the ADM evaluator over its whole data set)
+    and behind its precision/recall features. `provenance` names the evaluator, the weights and the reference.
     """
+    from dnd.metrics.bootstrap import BootstrapSettings, fid_interval, fraction_interval, is_interval  # imports this module
+
+    bootstrap = bootstrap or BootstrapSettings(resamples=0)
     feats = collect_features(image_batches, extractor)
     sample_stats = compute_stats(feats["pool"])
+    device = str(extractor.device)
+    stats_precomputed = bool(reference.provenance.get("reference_stats_precomputed", False))
+    n_reference = {"fid": None if stats_precomputed else reference.stats.n,
+                   "precision_recall": None if reference.features is None else len(reference.features)}
+    intervals: dict[str, list[float] | None] = {"fid": None, "is": None, "precision": None, "recall": None}
+    wanted = bootstrap.resamples > 0
+
+    fid_na = frechet_na_reason(sample_stats.n, n_reference["fid"], dim=len(sample_stats.mu))
+    fid = None if fid_na else frechet_distance(sample_stats, reference.stats)
+    if fid is not None and wanted:
+        intervals["fid"] = fid_interval(feats["pool"], reference.stats, None if stats_precomputed else reference.features,
+                                        bootstrap, device)
+    inception = inception_score(feats["logits_unbiased"], split_size=is_split_size)
+    if wanted:
+        intervals["is"] = is_interval(feats["logits_unbiased"], bootstrap, is_split_size)
     precision = recall = None
     if reference.features is not None:
-        precision, recall = precision_recall(
-            reference.features, feats["pool"], k=pr_k, batch_size=pr_batch_size, device=str(extractor.device)
-        )
+        fake_in_real, real_in_fake = manifold_membership(reference.features, feats["pool"], k=pr_k, batch_size=pr_batch_size,
+                                                         device=device, distance_dtype=pr_distance_dtype)
+        precision, recall = float(fake_in_real.mean()), float(real_in_fake.mean())
+        if wanted:
+            intervals["precision"] = fraction_interval(fake_in_real, bootstrap, "precision")
+            intervals["recall"] = fraction_interval(real_in_fake, bootstrap, "recall")
     return {
-        "fid": frechet_distance(sample_stats, reference.stats),
-        "is": inception_score(feats["logits_unbiased"], splits=is_splits),
+        "fid": fid,
+        "fid_na_reason": fid_na,
+        "is": inception,
         "precision": precision,
         "recall": recall,
         "n": sample_stats.n,
+        "n_reference": n_reference,
+        "intervals": intervals,
         "provenance": {
             "evaluator": "dnd.metrics.fid (ADM evaluator formulas)",
             "comparability": ADM_COMPARABILITY,
             **extractor.provenance,
             "reference": reference.provenance,
-            "is_splits": is_splits,
+            "is_split_size": is_split_size,
+            "is_chunks": [chunk.stop - chunk.start for chunk in inception_chunks(sample_stats.n, is_split_size)],
             "precision_recall_k": pr_k,
+            "precision_recall_distance_dtype": pr_distance_dtype,
+            "bootstrap": bootstrap.describe() if wanted else "no interval (0 resamples)",
         },
     }

@@ -60,7 +60,7 @@ class OCRConfig:
     vlm_url: str | None = None  # base URL such as http://gpu-node:8000 (/v1/chat/completions is appended)
     vlm_model: str = "Qwen/Qwen2-VL-72B-Instruct"  # the served model name
     vlm_api_key_env: str | None = None  # name of the environment variable holding the API key, if any
-    vlm_max_tokens: int = 512  # a 100-word page is ~150 tokens; arXiv pages need more
+    vlm_max_tokens: int = 512  # a 100-word page is ~150 tokens; arXiv pages need more (the authors: 1024)
     vlm_timeout_s: float = 300.0  # per request
     vlm_retries: int = 3  # extra attempts after a failed request, with exponential backoff
     vlm_parallel_requests: int = 8  # requests in flight at once (the server batches them)

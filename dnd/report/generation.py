@@ -25,8 +25,11 @@ CLASSIFIER_ACC = "demo_classifier_acc"
 CLASSIFIER_CONF = "demo_classifier_conf"
 LOWER_IS_BETTER = {"FID": True, "IS": False, "precision": False, "recall": False, CLASSIFIER_ACC: False, CLASSIFIER_CONF: False}
 METRIC_COLUMNS = ["FID", "IS", "precision", "recall", CLASSIFIER_ACC, CLASSIFIER_CONF]
-TABLE2_COLUMNS = ["model", "params", "cfg", *METRIC_COLUMNS, "n_samples", "note"]
-TABLE3_COLUMNS = ["variant", "model", "params", "cfg", *METRIC_COLUMNS, "n_samples", "note"]
+# each Inception metric's bootstrap interval (dnd.metrics.bootstrap), beside the counts it was computed on
+INTERVAL_COLUMNS = {"FID": ("fid", 2), "IS": ("is", 1), "precision": ("precision", 3), "recall": ("recall", 3)}
+COUNT_COLUMNS = [*(f"{name}_95ci" for name in INTERVAL_COLUMNS), "n_samples", "n_reference", "paper_protocol"]
+TABLE2_COLUMNS = ["model", "params", "cfg", *METRIC_COLUMNS, *COUNT_COLUMNS, "note"]
+TABLE3_COLUMNS = ["variant", "model", "params", "cfg", *METRIC_COLUMNS, *COUNT_COLUMNS, "note"]
 FID_NA_NO_WEIGHTS = f"FID/IS/precision/recall n/a: no Inception weights configured ({WEIGHTS_SETTING}; the metrics JSON says more)"
 AXIS_LABELS = {
     "FID": "FID vs the training set (lower is better)",
@@ -56,13 +59,35 @@ def _metric_cells(m: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def _interval_cells(m: dict[str, Any]) -> dict[str, str]:
+    """`[low, high]` of each metric's bootstrap interval, `n/a` where the metric or its interval is."""
+    intervals = m.get("intervals") or {}
+    cells = {}
+    for column, (key, digits) in INTERVAL_COLUMNS.items():
+        interval = intervals.get(key)
+        cells[f"{column}_95ci"] = NA if interval is None else f"[{fmt(interval[0], digits)}, {fmt(interval[1], digits)}]"
+    return cells
+
+
+def format_reference_count(n_reference: dict[str, Any] | None) -> str:
+    """The images behind the reference's FID statistics and behind its precision/recall features."""
+    if not n_reference:
+        return NA
+    fid = n_reference.get("fid")
+    fid = "ADM precomputed (whole set)" if fid is None else str(fid)
+    pr = n_reference.get("precision_recall")
+    return f"FID:{fid} PR:{NA if pr is None else pr}"
+
+
 def _automatic_note(m: dict[str, Any]) -> str:
     """Why cells are n/a, and the classifier's ceiling (its accuracy on real test images)."""
     parts = []
-    if m.get("fid") is None:
+    if m.get("is") is None:
         reason = m.get("fid_na_reason", "")
         parts.append(FID_NA_NO_WEIGHTS if WEIGHTS_SETTING in reason else f"FID/IS/precision/recall n/a: {reason}")
-    elif m.get("precision") is None:
+    elif m.get("fid") is None:
+        parts.append(m.get("frechet_na_reason") or "FID n/a")
+    if m.get("is") is not None and m.get("precision") is None:
         parts.append("precision/recall n/a: the reference holds no features")
     classifier = m.get("classifier")
     if classifier:
@@ -79,7 +104,10 @@ def _row(m: dict[str, Any], notes: dict[str, str]) -> dict[str, Any]:
         "params": format_params(m.get("params")),
         "cfg": fmt_setting(m.get("cfg_scale")),
         **_metric_cells(m),
+        **_interval_cells(m),
         "n_samples": m["n_samples"],
+        "n_reference": format_reference_count(m.get("n_reference")),
+        "paper_protocol": m.get("paper_protocol", NA),
         "note": join_notes(notes.get(m["model"], ""), _automatic_note(m)),
     }
 

@@ -30,6 +30,10 @@ def _rfid_note(m: dict[str, Any]) -> str:
     return RFID_NA if not reason or "inception_weights" in reason else f"rFID n/a: {reason}"
 
 
+def _interval(interval: list[float] | None, digits: int) -> str:
+    return NA if interval is None else f"[{fmt(interval[0], digits)}, {fmt(interval[1], digits)}]"
+
+
 def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
     """Rows: tokenizers on the class-labelled test set; rFID, L2, code usage (mean and per depth)."""
     rows = []
@@ -41,11 +45,15 @@ def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
             "depth": m.get("depth", NA),
             "codebook_size": m.get("codebook_size", NA),
             "rFID": fmt(m.get("rfid"), 2),
+            "rFID_95ci": _interval(m.get("rfid_interval"), 2),
             "L2": fmt(m["l2"]),
             "code_usage": fmt(sum(usage) / len(usage) if usage else None, 3),
             "code_usage_per_depth": "/".join(f"{u:.2f}" for u in usage) or NA,
             "code_entropy_bits_per_depth": "/".join(f"{e:.2f}" for e in m.get("code_entropy_bits", [])) or NA,
             "n_images": m["n_images"],
+            # rFID's reference is the test images themselves (originals vs their reconstructions)
+            "n_reference": m.get("rfid_n_reference", NA),
+            "paper_protocol": m.get("rfid_paper_protocol", NA),
             "note": join_notes(notes.get(m["tokenizer"], ""), _continuous_note(m), _rfid_note(m)),
         })
     return pd.DataFrame(rows)
@@ -60,11 +68,15 @@ def table1b(metrics: list[Path], columns: dict[str, str], notes: dict[str, str])
         row.setdefault("ocr_backend", m.get("ocr_backend", NA))
         row.setdefault("n_images", {})[columns[m["testset"]]] = m["n_images"]
         row["auto_note"] = _continuous_note(m)
+        if m.get("rocr_reference", "").startswith("the OCR of the original"):
+            row.setdefault("reference_notes", []).append(f"{columns[m['testset']]} scored against the OCR of the original images")
     frame = pd.DataFrame(list(by_row.values()))
     names = [columns[t] for t in TESTSET_ORDER if t in columns]
     # in the columns' order, whatever the order of the metrics files (or of the config's keys)
     frame["n_images"] = frame["n_images"].map(lambda d: " ".join(f"{k}:{d[k]}" for k in [*names, *sorted(set(d) - set(names))] if k in d))
-    frame["note"] = [join_notes(notes.get(t, ""), auto) for t, auto in zip(frame["tokenizer"], frame["auto_note"])]
+    references = frame["reference_notes"] if "reference_notes" in frame else [None] * len(frame)
+    frame["note"] = [join_notes(notes.get(t, ""), auto, "; ".join(refs) if isinstance(refs, list) else "")
+                     for t, auto, refs in zip(frame["tokenizer"], frame["auto_note"], references)]
     return frame[["tokenizer", *names, "ocr_backend", "n_images", "note"]]
 
 

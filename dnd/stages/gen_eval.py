@@ -27,8 +27,10 @@ import numpy as np
 from dnd.atomic import atomic_path, write_json
 from dnd.data.shards import decode_png, iter_records
 from dnd.metrics.adm import IMAGES_KEY, LABELS_KEY, read_adm_batch, read_images_header, reference_from_adm_batch
+from dnd.metrics.bootstrap import BootstrapSettings
 from dnd.metrics.fid import Reference, collect_features, compute_stats, evaluate_images
 from dnd.metrics.inception import InceptionExtractor, InceptionWeightsMissing, load_inception
+from dnd.metrics.protocol import generation_protocol
 from dnd.provenance import file_sha256, record, write_provenance
 from dnd.device import default_device
 
@@ -63,8 +65,13 @@ class ReferenceConfig:
 class GenEvalConfig:
     inception_weights: str | None = None  # metrics.inception_weights; must be the file the reference used
     batch_size: int = 50  # images per Inception / classifier forward pass
-    is_splits: int = 10  # ADM: 10 splits (of 5000 images for 50k samples); capped at the number of samples
+    # IS over consecutive chunks of this many samples, the last one partial (ADM: 5000; 50k samples → 10 chunks)
+    is_split_size: int = 5000
     pr_k: int = 3  # k of the k-NN manifolds for precision/recall (ADM: 3)
+    # precision/recall distances: float16 as ADM's DistanceBlock (float32 redo of an overflowing block), or float32
+    pr_distance_dtype: str = "float16"
+    bootstrap_resamples: int = 100  # resamples of the feature sets behind each interval; 0 = no intervals
+    bootstrap_seed: int = 0
     # Score the samples with the demo's classifier (the rule then depends on train_classifier); False: n/a
     demo_classifier: bool = True
 
@@ -103,6 +110,7 @@ def _reference_from_dataset(dataset_dir: Path, cfg: ReferenceConfig, extractor: 
             "reference_images": len(features),
             "reference_selection": "all images" if cfg.max_images is None else f"first {cfg.max_images} in shard order",
             "reference_stats": "computed from the images with our Inception extractor",
+            "reference_stats_precomputed": False,
             "reference_features": "computed from the images with our Inception extractor",
             "grayscale": GRAYSCALE_NOTE,
             **extractor.provenance,
@@ -253,16 +261,23 @@ def evaluate_generation(
     result: dict[str, Any] = {**_sampling_settings(summary), "n_samples": shape[0], "image_shape": list(shape[1:])}
     if setup.extractor is not None:
         inception = evaluate_images(
-            batches(), setup.extractor, setup.reference, is_splits=min(cfg.is_splits, shape[0]), pr_k=cfg.pr_k
+            batches(), setup.extractor, setup.reference, is_split_size=cfg.is_split_size, pr_k=cfg.pr_k,
+            pr_distance_dtype=cfg.pr_distance_dtype,
+            bootstrap=BootstrapSettings(resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed),
         )
-        result |= {key: inception[key] for key in ("fid", "is", "precision", "recall")}
+        result |= {key: inception[key] for key in ("fid", "is", "precision", "recall", "n_reference", "intervals")}
+        if inception["fid_na_reason"]:
+            result["frechet_na_reason"] = inception["fid_na_reason"]
+            log.warning("%s: %s", samples_dir, inception["fid_na_reason"])
         provenance = {**inception["provenance"], "grayscale": GRAYSCALE_NOTE}
     else:
         for _ in batches():  # the classifier's pass alone
             pass
-        result |= {"fid": None, "is": None, "precision": None, "recall": None, "fid_na_reason": setup.na_reason}
+        result |= {"fid": None, "is": None, "precision": None, "recall": None, "fid_na_reason": setup.na_reason,
+                   "n_reference": None, "intervals": None}
         provenance = {"evaluator": None, "reference": setup.reference_provenance}
         log.warning("FID/IS/precision/recall n/a for %s: %s", samples_dir, setup.na_reason)
+    result["paper_protocol"] = generation_protocol(shape[0], setup.reference_provenance)
     if classifier is not None:
         scores = scores_from_probabilities(np.concatenate(probabilities), labels)
         result["classifier"] = {**scores, "real_test_accuracy": classifier.summary["real_test_accuracy"]}

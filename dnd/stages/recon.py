@@ -30,16 +30,26 @@ GRID_IMAGES = 4  # test images (columns) in a recon grid
 
 @dataclass
 class ReconEvalConfig:
-    max_images: int | None = 16  # test images per (tokenizer, test set); None = the whole split
+    # test images per (tokenizer, test set); None = the whole split. The rule sets it per test set: Table 1b's
+    # OCR test sets take evaluation.recon.max_images, Table 1a's evaluation.recon.rfid_max_images
+    max_images: int | None = 16
     batch_size: int = 8
+    bootstrap_resamples: int = 100  # resamples of the Inception features behind the rFID interval; 0 = none
+    bootstrap_seed: int = 0
+    # what rOCR scores the reconstructions' OCR against: "text", the test set's ground truth (for arXiv512, the
+    # PDF's text layer inside the crop), or "original_ocr", the OCR of the original image, as the paper does
+    # where a set has no ground truth. The rule sets it per test set from evaluation.rocr_reference.<testset>
+    ocr_reference: str = "text"
     ocr: OCRConfig = field(default_factory=OCRConfig)
     inception_weights: str | None = None  # metrics.inception_weights; None → rFID is n/a
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "ReconEvalConfig":
         """From the rule's params {recon: evaluation.recon, metrics: metrics}; absent keys take the defaults above
-        (`reference_vaes` are rows of their own, not settings of this evaluation)."""
-        recon = {k: v for k, v in params.get("recon", {}).items() if k != "reference_vaes"}
+        (`reference_vaes` are rows of their own; the rule resolves `rfid_max_images` into `max_images` for Table
+        1a's test set, and `rocr_reference.<testset>` into `ocr_reference`)."""
+        recon = {k: v for k, v in params.get("recon", {}).items()
+                 if k not in ("reference_vaes", "rfid_max_images", "rocr_reference")}
         metrics = params.get("metrics", {})
         return cls(**recon, ocr=OCRConfig(**metrics.get("ocr", {})), inception_weights=metrics.get("inception_weights"))
 
@@ -97,9 +107,9 @@ def measure_reconstruction(reconstruct: Reconstruct, data: ImageShardDataset, ba
     if counts is not None:
         usage, entropy = code_usage(counts)
         metrics |= {"code_usage": usage, "code_entropy_bits": entropy}
-    recon_uint8 = np.concatenate(recons)
-    metrics |= ocr_metrics(recon_uint8, texts, cfg)
-    metrics |= rfid_metrics(np.concatenate(originals), recon_uint8, cfg, device)
+    recon_uint8, originals_uint8 = np.concatenate(recons), np.concatenate(originals)
+    metrics |= ocr_metrics(recon_uint8, texts, cfg, originals_uint8)
+    metrics |= rfid_metrics(originals_uint8, recon_uint8, cfg, device)
     if grid_rows:
         save_recon_grid(grid_rows, out.with_suffix(".png"))
     return metrics
@@ -144,34 +154,55 @@ def evaluate_reconstruction(tokenizer: Path | None, testset: Path, out: Path, cf
     return result
 
 
-def ocr_metrics(recons: np.ndarray, texts: list[str], cfg: ReconEvalConfig) -> dict[str, Any]:
-    """rOCR: OCR of the reconstructions (uint8, (N, H, W, C)) against the test set's ground-truth text."""
+OCR_REFERENCES = {
+    "text": "the test set's ground-truth text (arXiv512: the PDF's text layer inside the crop)",
+    "original_ocr": "the OCR of the original test image (the paper's reference where a set has no ground truth)",
+}
+
+
+def ocr_metrics(recons: np.ndarray, texts: list[str], cfg: ReconEvalConfig, originals: np.ndarray) -> dict[str, Any]:
+    """rOCR: OCR of the reconstructions (uint8, (N, H, W, C)) against `cfg.ocr_reference`: the test set's
+    ground-truth text, or the same backend's OCR of the original images."""
+    if cfg.ocr_reference not in OCR_REFERENCES:
+        raise ValueError(f"evaluation.recon.rocr_reference: {cfg.ocr_reference!r} is none of {sorted(OCR_REFERENCES)}")
     if not any(text.strip() for text in texts):
         return {"rocr": None, "rocr_na_reason": "the test set has no ground-truth text"}
     backend = make_ocr_backend(cfg.ocr)
     read = backend.read([to_pil(image) for image in recons])
-    scores = rocr(read, texts)
+    references = texts if cfg.ocr_reference == "text" else backend.read([to_pil(image) for image in originals])
+    scores = rocr(read, references)
     return {"rocr": scores["mean"], "rocr_per_image": scores["per_image"], "ocr_backend": backend.name,
-            "ocr_examples": [{"truth": t, "read": r} for t, r in list(zip(texts, read))[:3]]}
+            "rocr_reference": OCR_REFERENCES[cfg.ocr_reference],
+            "ocr_examples": [{"truth": t, "reference": ref, "read": r} for t, ref, r in list(zip(texts, references, read))[:3]]}
 
 
 def rfid_metrics(originals: np.ndarray, recons: np.ndarray, cfg: ReconEvalConfig, device: torch.device) -> dict[str, Any]:
-    from dnd.metrics.fid import collect_features, compute_stats, frechet_distance
+    """rFID of the reconstructions against their originals, with its bootstrap interval (both feature sets
+    resampled) and whether its image count follows the paper's protocol; n/a with the reason without
+    Inception weights or with no more images than feature dimensions."""
+    from dnd.metrics.bootstrap import BootstrapSettings, fid_interval
+    from dnd.metrics.fid import collect_features, compute_stats, frechet_distance, frechet_na_reason
     from dnd.metrics.inception import InceptionWeightsMissing, load_inception
+    from dnd.metrics.protocol import rfid_protocol
 
-    if len(originals) < 2:  # a covariance needs two images at least
-        reason = f"rFID needs at least 2 test images; the test split has {len(originals)}"
-        log.warning("rFID is n/a: %s", reason)
-        return {"rfid": None, "rfid_na_reason": reason}
+    counts = {"rfid_n_reference": len(originals), "rfid_paper_protocol": rfid_protocol(len(originals))}
     try:
         extractor = load_inception(cfg.inception_weights, device)
     except InceptionWeightsMissing as missing:
         log.warning("rFID is n/a: %s", missing)
-        return {"rfid": None, "rfid_na_reason": str(missing)}
-    real = collect_features(np.array_split(originals, max(1, math.ceil(len(originals) / 50))), extractor)
-    fake = collect_features(np.array_split(recons, max(1, math.ceil(len(recons) / 50))), extractor)
-    return {"rfid": frechet_distance(compute_stats(real["pool"]), compute_stats(fake["pool"])),
-            "rfid_provenance": extractor.provenance}
+        return {"rfid": None, "rfid_na_reason": str(missing), **counts}
+    reason = frechet_na_reason(len(recons), len(originals), what="rFID", sides=("reconstructed", "original"))
+    if reason:
+        log.warning("%s", reason)
+        return {"rfid": None, "rfid_na_reason": reason, **counts}
+    real = collect_features(np.array_split(originals, max(1, math.ceil(len(originals) / 50))), extractor)["pool"]
+    fake = collect_features(np.array_split(recons, max(1, math.ceil(len(recons) / 50))), extractor)["pool"]
+    real_stats = compute_stats(real)
+    bootstrap = BootstrapSettings(resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed)
+    interval = fid_interval(fake, real_stats, real, bootstrap, str(device)) if bootstrap.resamples > 0 else None
+    return {"rfid": frechet_distance(compute_stats(fake), real_stats), "rfid_interval": interval,
+            "rfid_bootstrap": bootstrap.describe() if interval else "no interval (0 resamples)",
+            "rfid_provenance": extractor.provenance, **counts}
 
 
 def save_recon_grid(rows: list[torch.Tensor], path: Path) -> None:

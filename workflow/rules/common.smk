@@ -112,20 +112,28 @@ def recon_tokenizer_pattern():
     return name_pattern([*config.get("tokenizers", {}), ORIGINAL])
 
 
-def _recon_settings():
-    # reference_vaes is left out: adding a VAE must not rerun the tokenizers' evaluations
+def _recon_settings(testset):
+    """evaluation.recon for one test set. Table 1a's test set (rFID, L2, code usage) takes its image count from
+    rfid_max_images, the OCR test sets of Table 1b from max_images: each count reruns its own table's cells.
+    reference_vaes is left out: adding a VAE must not rerun the tokenizers' evaluations."""
     recon = config.get("evaluation", {}).get("recon", {})
-    return {key: value for key, value in recon.items() if key != "reference_vaes"}
+    per_testset = ("reference_vaes", "rfid_max_images", "rocr_reference")
+    settings = {key: value for key, value in recon.items() if key not in per_testset}
+    if testset == config.get("tables", {}).get("table1a", {}).get("testset", "classes"):
+        settings["max_images"] = recon.get("rfid_max_images")
+    # rOCR's reference for this test set only: editing arXiv512's reruns no Text256 cell
+    settings["ocr_reference"] = recon.get("rocr_reference", {}).get(testset, "text")
+    return settings
 
 
-def evaluation_params():
-    return stage_params_of({"recon": _recon_settings(), "metrics": config.get("metrics", {})})
+def evaluation_params(wildcards):
+    return stage_params_of({"recon": _recon_settings(wildcards.testset), "metrics": config.get("metrics", {})})
 
 
 def vae_evaluation_params(wildcards):
     """Like evaluation_params, plus this VAE's own settings (editing another VAE reruns nothing here)."""
     vae = reference_vaes()[wildcards.vae]
-    return stage_params_of({"recon": _recon_settings(), "metrics": config.get("metrics", {}), "vae": vae})
+    return stage_params_of({"recon": _recon_settings(wildcards.testset), "metrics": config.get("metrics", {}), "vae": vae})
 
 
 def stage_params_of(obj):

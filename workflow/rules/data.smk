@@ -110,6 +110,7 @@ rule write_demo_digits:
 rule prepare_images:
     input:
         root=config["data"]["classes"]["root"],
+        test_root=config["data"]["classes"].get("test_root") or [],  # Table 1a's separate test folder, if any
     output:
         images=directory("results/data/classes"),
     params:

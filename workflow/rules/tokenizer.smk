@@ -37,7 +37,7 @@ rule evaluate_reconstruction:
     output:
         metrics="results/metrics/recon/{tokenizer}/{testset}.json",
     params:
-        cfg=evaluation_params(),
+        cfg=evaluation_params,
         tokenizer=recon_tokenizer_arg,
         code=command_code_version("evaluate-reconstruction"),
     log:
