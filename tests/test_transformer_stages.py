@@ -250,3 +250,34 @@ def test_ddp_over_two_ranks_equals_one_process_with_the_same_global_batch(codes,
     two = torch.load(tmp_path / "two" / "model.pt", weights_only=False)["state_dict"]
     for key, value in one.items():
         torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_the_authors_checkpoint_imports_as_a_model_file_with_both_weight_sets(tokenizer, tmp_path):
+    """`import_authors_transformer` writes the same model.pt as training (raw weights, their EMA beside),
+    says where it came from, and refuses a tokenizer whose codes the checkpoint does not predict."""
+    import argparse
+
+    from authors_layout import authors_shapes, random_state
+    from dnd.stages.authors_weights import SOURCE, import_authors_transformer
+    from dnd.transformer.authors_checkpoint import load_authors_checkpoint
+
+    shapes = authors_shapes(dim=64, n_layer=2, vocab=VOCAB, num_classes=CLASSES, heads=DEPTH)
+    args = argparse.Namespace(image_size=GRID * 16, downsample_size=16, num_classes=CLASSES, cls_token_num=1, gpt_type="c2i",
+                              pred_head_positions="0,1")
+    checkpoint = tmp_path / "authors.pt"
+    torch.save({"model": random_state(shapes, 1), "ema": random_state(shapes, 2), "steps": 77, "args": args}, checkpoint)
+    summary = import_authors_transformer("authors", checkpoint, tmp_path / "model.pt", tokenizer, {"n_head": 2})
+    payload = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert payload["source"] == SOURCE == summary["source"] and payload["pretrained_sha256"]
+    assert payload["weights"] == {"raw": {"step": 77, "val_loss": None}, "ema": {"step": 77, "val_loss": None}}
+    raw, _ = load_authors_checkpoint(checkpoint, n_head=2)
+    ema, _ = load_authors_checkpoint(checkpoint, n_head=2, use_ema=True)
+    for key, value in load_transformer(tmp_path / "model.pt").state_dict().items():
+        assert torch.equal(value, raw.state_dict()[key]), key
+    for key, value in load_transformer(tmp_path / "model.pt", weights="ema").state_dict().items():
+        assert torch.equal(value, ema.state_dict()[key]), key
+    assert json.loads((tmp_path / "model.pt.provenance.json").read_text())["stage"] == "import_authors_transformer"
+    other = tmp_path / "other_tok.pt"
+    save_tokenizer(other, RQVAE(rqvae_config("demo_f8", depth=1, codebook_size=VOCAB, ch=32, z_channels=8, embed_dim=8)), "o")
+    with pytest.raises(ValueError, match="depth 1"):
+        import_authors_transformer("authors", checkpoint, tmp_path / "bad.pt", other, {"n_head": 2})
