@@ -443,14 +443,14 @@ def test_an_authors_checkpoint_is_a_row_of_table2(micro_run, tmp_path):
     edited["tables"]["table2"]["models"] = [*config["tables"]["table2"]["models"], "authors_dnd"]
     (copy / "authors.yaml").write_text(yaml.safe_dump(edited))
 
-    plan = snakemake(copy, "-n", "--configfile", "authors.yaml", "results/table2.csv")
+    plan = snakemake(copy, "-n", "results/table2.csv", "--configfile", "authors.yaml")  # --configfile takes several
     assert plan.returncode == 0, plan.stderr[-2000:]
     jobs = planned_runs(plan)
     assert ("import_authors_transformer", "model=authors_dnd") in jobs
     assert not any(rule == "train_transformer" for rule, _ in jobs)
     assert {w for rule, w in jobs if rule in ("sample_images", "evaluate_generation")} == {
         f"model=authors_dnd, sampling={s}" for s in config["tables"]["table2"]["samplings"]}
-    run = snakemake(copy, "--configfile", "authors.yaml", "results/table2.csv")
+    run = snakemake(copy, "results/table2.csv", "--configfile", "authors.yaml")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     table2 = pd.read_csv(copy / "results" / "table2.csv", keep_default_na=False)
     rows = table2[table2["model"] == "authors_dnd"]
