@@ -132,6 +132,14 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
     run_task("train_tokenizer", task, work)
 
 
+def cmd_import_authors_tokenizer(args: argparse.Namespace) -> None:
+    from dnd.stages.authors_weights import import_authors_tokenizer
+
+    raw = _stage_config(args, f"tokenizers.{args.name}")
+    config_path = raw.get("pretrained_config")
+    import_authors_tokenizer(args.name, Path(raw["pretrained"]), Path(args.out), Path(config_path) if config_path else None)
+
+
 def cmd_evaluate_reconstruction(args: argparse.Namespace) -> None:
     from dnd.stages.recon import ORIGINAL, ReconEvalConfig, evaluate_reconstruction
 
@@ -189,6 +197,13 @@ def cmd_train_transformer(args: argparse.Namespace) -> None:
     task = TrainingTask(train_transformer, (spec, Path(args.codes), Path(args.out), work, Path(args.tokenizer)), work,
                         code_version=args.code_version)
     run_task("train_transformer", task, work)
+
+
+def cmd_import_authors_transformer(args: argparse.Namespace) -> None:
+    from dnd.stages.authors_weights import import_authors_transformer
+
+    raw = _stage_config(args, f"transformers.{args.name}")
+    import_authors_transformer(args.name, Path(raw["pretrained"]), Path(args.out), Path(args.tokenizer), raw.get("model", {}))
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

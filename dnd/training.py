@@ -19,7 +19,7 @@ import logging
 import math
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -181,6 +181,10 @@ class Checkpointer:
             torch.save(state, tmp)
         return target
 
+    def best_of(self, name: str) -> Path:
+        """The best checkpoint of an extra selection (`LoopConfig.also_select`)."""
+        return self.directory / f"best-{name}.pt"
+
     def load(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
         if not self.last.exists():
             return None
@@ -242,7 +246,8 @@ class Trainer(Protocol):
         `val/loss`, when present, selects the best checkpoint; without it the run keeps its last."""
 
     def export(self, checkpoint: dict[str, Any], out: Path) -> dict[str, Any]:
-        """Rank 0: write the declared output from the chosen checkpoint; return summary figures."""
+        """Rank 0: write the declared output from the chosen checkpoint; return summary figures.
+        A trainer with extra selections (`LoopConfig.also_select`) takes them as `also={name: checkpoint}`."""
 
 
 @dataclass
@@ -251,6 +256,9 @@ class LoopConfig:
     checkpoint_every: int
     eval_every: int | None = None  # None: never validate, the last checkpoint is the result
     seed: int = 0
+    # Further best checkpoints, each chosen by its own validation figure: name -> key, e.g. {"ema": "val/ema/loss"}
+    # (the EMA weights picked by the EMA weights' loss, the raw ones by `val/loss`). Each is `best-<name>.pt`.
+    also_select: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -279,11 +287,13 @@ def _broadcast_from_rank0(values: dict[str, float] | None, world: int) -> dict[s
     return box[0]
 
 
-def _load_checkpoint(trainer: Trainer, checkpoints: Checkpointer, loop: LoopConfig, run: RunInfo) -> tuple[int, float]:
-    """Resume from the work area's last checkpoint if there is one: (first step, best validation loss)."""
+def _load_checkpoint(trainer: Trainer, checkpoints: Checkpointer, loop: LoopConfig, run: RunInfo
+                     ) -> tuple[int, float, dict[str, float]]:
+    """Resume from the work area's last checkpoint if there is one: (first step, best validation loss,
+    best figure of each extra selection)."""
     state = checkpoints.load("cpu")
     if state is None:
-        return 0, math.inf
+        return 0, math.inf, {name: math.inf for name in loop.also_select}
     saved_version = state.get("code_version")
     if saved_version != run.code_version:
         log.warning("resuming %s from a checkpoint of code version %s with code version %s (its state dict is loaded as is; "
@@ -295,7 +305,12 @@ def _load_checkpoint(trainer: Trainer, checkpoints: Checkpointer, loop: LoopConf
             f"{checkpoints.last} (code version {saved_version}) does not load into {run.name} as code version "
             f"{run.code_version} builds it: {str(err).splitlines()[0]}; rerun with --fresh to start over") from err
     restore_rng_states(state.get("rng"), run.rank, run.world, run.device, loop.seed, state["step"])
-    return state["step"], state.get("best_val_loss", math.inf)
+    saved_also = state.get("best_also", {})
+    return state["step"], state.get("best_val_loss", math.inf), {name: saved_also.get(name, math.inf) for name in loop.also_select}
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isinf(value) else value
 
 
 def run_training(trainer: Trainer, loop: LoopConfig, run: RunInfo, work_dir: Path, out: Path,
@@ -304,13 +319,14 @@ def run_training(trainer: Trainer, loop: LoopConfig, run: RunInfo, work_dir: Pat
 
     Checkpoints go to `work_dir/checkpoints`: `last.pt` every `checkpoint_every` steps, at the end and
     after the step during which a stop was requested (then the run returns None: a rerun resumes);
-    `best.pt` whenever validation improves `val/loss`. A checkpoint holds the trainer's state, the step,
+    `best.pt` whenever validation improves `val/loss` (and `best-<name>.pt` for each of
+    `loop.also_select`, by its own figure). A checkpoint holds the trainer's state, the step,
     the best loss, the code version and every rank's own RNG state, so a resumed run draws the same
     dropout masks on each rank as an uninterrupted one. Rank 0 logs, writes and exports; it writes the
     provenance record beside the output and `train_summary.json` in its folder.
     """
     checkpoints = Checkpointer(work_dir / "checkpoints")
-    start, best = _load_checkpoint(trainer, checkpoints, loop, run)
+    start, best, best_also = _load_checkpoint(trainer, checkpoints, loop, run)
     writer = None
     if run.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -322,7 +338,8 @@ def run_training(trainer: Trainer, loop: LoopConfig, run: RunInfo, work_dir: Pat
         state = trainer.state_dict()  # every rank: gathering a sharded model's state is a collective
         rng = gather_rng_states(run.world, run.device)
         if run.is_main:
-            checkpoints.save({**state, "step": step, "best_val_loss": best, "rng": rng, "code_version": run.code_version}, path)
+            checkpoints.save({**state, "step": step, "best_val_loss": best, "best_also": dict(best_also), "rng": rng,
+                              "code_version": run.code_version}, path)
 
     def close() -> None:
         progress.close()
@@ -345,6 +362,10 @@ def run_training(trainer: Trainer, loop: LoopConfig, run: RunInfo, work_dir: Pat
             if val and "val/loss" in val and val["val/loss"] < best:
                 best = val["val/loss"]
                 save(done, checkpoints.best)
+            for name, key in loop.also_select.items():
+                if val and key in val and val[key] < best_also[name]:
+                    best_also[name] = val[key]
+                    save(done, checkpoints.best_of(name))
         stopping = all_ranks_agree(should_stop(), run.world, run.device)  # every rank stops after the same step
         if done % loop.checkpoint_every == 0 or done == loop.steps or stopping:
             save(done, checkpoints.last)
@@ -359,10 +380,17 @@ def run_training(trainer: Trainer, loop: LoopConfig, run: RunInfo, work_dir: Pat
 
     chosen = checkpoints.best if checkpoints.best.exists() else checkpoints.last
     final = torch.load(chosen, map_location="cpu", weights_only=False)
-    extra = trainer.export(final, out)
+    also, also_summary = {}, {}
+    for name, key in loop.also_select.items():
+        path = checkpoints.best_of(name) if checkpoints.best_of(name).exists() else checkpoints.last
+        also[name] = torch.load(path, map_location="cpu", weights_only=False)
+        also_summary[name] = {"step": also[name]["step"], "val_loss": _finite(also[name].get("best_also", {}).get(name, math.inf)),
+                              "selected_by": key if path != checkpoints.last else "last step"}
+    extra = trainer.export(final, out, also=also) if also else trainer.export(final, out)
     summary = {"name": run.name, "steps": loop.steps, "best_step": final["step"],
-               "best_val_loss": None if math.isinf(final.get("best_val_loss", math.inf)) else final["best_val_loss"],
-               "selected_by": "val/loss" if chosen == checkpoints.best else "last step", **extra}
+               "best_val_loss": _finite(final.get("best_val_loss", math.inf)),
+               "selected_by": "val/loss" if chosen == checkpoints.best else "last step",
+               **({"also_selected": also_summary} if also_summary else {}), **extra}
     write_json(out.parent / "train_summary.json", summary)
     write_provenance(out, run.stage, run.config, seed=loop.seed, code_version=run.code_version,
                      checkpoint_code_version=final.get("code_version"), summary=summary, world_size=run.world,

@@ -125,7 +125,8 @@ def test_ema_moves_codes_toward_their_vectors():
     assert torch.allclose(quantizer.codebook[1:], codebook[1:], atol=1e-3)  # unused codes keep their place
 
 
-def test_dead_codes_restart_from_batch_residuals():
+@pytest.mark.parametrize("update, depth", [("pooled", 2), ("sequential", 1)])  # sequential: a later depth may move it
+def test_dead_codes_restart_from_batch_residuals(update, depth):
     codebook = torch.randn(8, 2)
     codebook[7] = 1000.0  # never chosen
     counts = torch.full((8,), 50.0)
@@ -134,7 +135,7 @@ def test_dead_codes_restart_from_batch_residuals():
 
     def run() -> ResidualQuantizer:
         torch.manual_seed(1)
-        quantizer = _quantizer_with_codebook(codebook, counts, depth=2)
+        quantizer = _quantizer_with_codebook(codebook, counts, depth=depth, codebook_update=update)
         out = quantizer(latents, return_partial_sums=True)
         residual_pool = torch.cat([latents, latents - out.partial_sums[0]]).reshape(-1, 2)
         gap = (residual_pool - quantizer.codebook[7]).norm(dim=1).min()
@@ -144,6 +145,61 @@ def test_dead_codes_restart_from_batch_residuals():
         return quantizer
 
     assert torch.equal(run().codebook, run().codebook)  # deterministic given torch's RNG
+
+
+def _sequential_rule_step(codebook, counts, sums, latents, decay=0.99, eps=1e-5):
+    """The authors' rule restated plainly, for one training batch: for each depth in order, search the
+    current codebook, subtract the found embeddings, then take an EMA step of the counts and sums from this
+    depth's residuals, restart codes whose count fell below 1 from a random permutation of this depth's
+    residuals (count 1), and recompute the codebook from the Laplace-smoothed counts. -> codes, embeddings,
+    and the new (codebook, counts, sums)."""
+    residual = latents.reshape(-1, latents.shape[-1])
+    n_codes = codebook.shape[0]
+    codes, embeddings = [], []
+    for _ in range(2):
+        distances = ((residual[:, None, :] - codebook[None, :, :]) ** 2).sum(-1)  # (N, K)
+        code = distances.argmin(1)
+        one_hot = torch.nn.functional.one_hot(code, n_codes).float()  # (N, K)
+        counts = decay * counts + (1 - decay) * one_hot.sum(0)
+        sums = decay * sums + (1 - decay) * one_hot.T @ residual
+        random_rows = residual[torch.randperm(residual.shape[0])[:n_codes]]
+        dead = counts < 1.0
+        sums = torch.where(dead[:, None], random_rows, sums)
+        counts = torch.where(dead, torch.ones_like(counts), counts)
+        total = counts.sum()
+        embedding = codebook[code]
+        codebook = sums / ((counts + eps) / (total + n_codes * eps) * total)[:, None]
+        codes.append(code)
+        embeddings.append(embedding)
+        residual = residual - embedding
+    return torch.stack(codes), torch.stack(embeddings), codebook, counts, sums
+
+
+def test_per_depth_update_equals_the_sequential_rule_step_by_step():
+    """A 2-depth quantizer in training mode, three steps on one fixed batch, against the rule restated above:
+    same codes, same quantized output and the same codebook and EMA buffers after every step (codes restart
+    at every step: some counts are below 1). The pooled update does not match it."""
+    codebook = torch.randn(16, 4)
+    counts = torch.rand(16) * 3  # about a third of the codes start dead
+    latents = torch.randn(2, 6, 6, 4)  # 72 vectors >= 16 codes: restarts draw a permutation
+    quantizer = _quantizer_with_codebook(codebook, counts, depth=2)
+    assert quantizer.codebook_update == "sequential"  # the default
+    state = (codebook.clone(), counts.clone(), codebook * counts[:, None])
+    for step in range(3):
+        torch.manual_seed(10 + step)
+        out = quantizer(latents, return_partial_sums=True)
+        torch.manual_seed(10 + step)
+        codes, embeddings, *state = _sequential_rule_step(*state, latents)
+        assert torch.equal(out.codes.reshape(-1, 2).T, codes), step
+        torch.testing.assert_close(out.partial_sums.reshape(2, -1, 4), embeddings.cumsum(0), rtol=1e-5, atol=1e-5)
+        for name, expected in zip(("codebook", "ema_cluster_size", "ema_embed_sum"), state):
+            torch.testing.assert_close(getattr(quantizer, name), expected, rtol=1e-5, atol=1e-5, msg=f"{name} at step {step}")
+    pooled = _quantizer_with_codebook(codebook, counts, depth=2, codebook_update="pooled")
+    torch.manual_seed(10)
+    pooled(latents)
+    torch.manual_seed(10)
+    _, _, sequential_codebook, _, _ = _sequential_rule_step(codebook.clone(), counts.clone(), codebook * counts[:, None], latents)
+    assert not torch.allclose(pooled.codebook, sequential_codebook, atol=1e-3)
 
 
 def test_ema_statistics_all_reduce_under_torch_distributed(tmp_path):

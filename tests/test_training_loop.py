@@ -100,6 +100,37 @@ def test_the_best_validation_step_is_the_result(tmp_path):
     assert trainer.exported == 4
 
 
+class TwoFigureTrainer(ToyTrainer):
+    """Validation reports two figures (as raw and EMA weights do); export records both chosen steps."""
+
+    def __init__(self, pairs):
+        super().__init__()
+        self.pairs = list(pairs)
+
+    def validate(self, step):
+        main, other = self.pairs.pop(0)
+        return {"val/loss": main, "val/other/loss": other}
+
+    def export(self, checkpoint, out, also=None):
+        summary = super().export(checkpoint, out)
+        self.exported = (checkpoint["step"], {name: state["step"] for name, state in (also or {}).items()})
+        return summary
+
+
+def test_an_extra_selection_keeps_its_own_best_step_and_survives_a_resume(tmp_path):
+    pairs = [(3.0, 1.0), (1.0, 2.0), (2.0, 0.5), (5.0, 4.0), (4.0, 3.0)]  # main best at step 4, other at step 6
+    trainer = TwoFigureTrainer(pairs)
+    loop = LoopConfig(steps=10, checkpoint_every=4, eval_every=2, seed=0, also_select={"other": "val/other/loss"})
+    run = RunInfo("toy", "train_toy", {"width": 8})
+    calls = iter(range(1, 100))
+    assert run_training(trainer, loop, run, tmp_path / "work", tmp_path / "out" / "model.pt", lambda: next(calls) == 7) is None
+    resumed = TwoFigureTrainer(pairs[3:])  # the stopped run validated at steps 2, 4 and 6
+    summary = run_training(resumed, loop, run, tmp_path / "work", tmp_path / "out" / "model.pt")
+    assert resumed.exported == (4, {"other": 6})
+    assert summary["best_step"] == 4 and summary["also_selected"] == {
+        "other": {"step": 6, "val_loss": 0.5, "selected_by": "val/other/loss"}}
+
+
 def test_a_resume_across_code_versions_is_logged(tmp_path, caplog):
     _run(tmp_path, "moved", stop_after=3, code_version="old1")
     with caplog.at_level(logging.WARNING, logger="dnd.training"):

@@ -309,3 +309,68 @@ def test_authors_checkpoint_round_trip(tmp_path, variant):
     torch.save({"model": misshapen}, tmp_path / "misshapen.pt")
     with pytest.raises(ValueError, match="wrong shape"):
         load_authors_checkpoint(tmp_path / "misshapen.pt", n_head=2, grid_size=GRID)
+
+
+# ------------------------------------------------------------------ parity with the authors' own layout and forward
+# (tests/authors_layout.py restates their code without ours: these fail if our loader or model drifts from theirs)
+
+
+def test_the_authors_layout_fixture_is_their_shape_rule():
+    from authors_layout import authors_shapes, fixture
+
+    spec = fixture()
+    args = spec["model_args"]
+    shapes = authors_shapes(args["dim"], args["n_layer"], args["vocab_size"], args["num_classes"], args["num_pred_heads"])
+    assert {k: list(v) for k, v in shapes.items()} == spec["state_dict"]
+
+
+def _authors_checkpoint(tmp_path, *, with_ema: bool = False):
+    from authors_layout import fixture, random_state
+
+    spec = fixture()
+    args = spec["model_args"]
+    state = random_state({k: tuple(v) for k, v in spec["state_dict"].items()}, seed=1)
+    grid = int(args["block_size"] ** 0.5)
+    saved_args = argparse.Namespace(image_size=grid * 16, downsample_size=16, num_classes=args["num_classes"], cls_token_num=1,
+                                    gpt_type="c2i", vocab_size=args["vocab_size"],
+                                    pred_head_positions=",".join(map(str, args["pred_head_positions"])))  # fmt: skip
+    checkpoint = {"model": state, "steps": 1234, "args": saved_args}
+    if with_ema:
+        checkpoint["ema"] = random_state({k: tuple(v) for k, v in spec["state_dict"].items()}, seed=2)
+    path = tmp_path / "authors.pt"
+    torch.save(checkpoint, path)
+    return path, state, args, grid
+
+
+def test_our_model_loaded_from_the_authors_layout_gives_their_logits(tmp_path):
+    """Every key of their layout is taken (none missing, none left over), and on random weights (norms too)
+    our teacher-forced logits equal those of the restatement of their forward, head by head."""
+    from authors_layout import authors_forward
+
+    path, state, args, grid = _authors_checkpoint(tmp_path)
+    model, config = load_authors_checkpoint(path, n_head=args["n_head"])
+    assert (config.depth, config.grid_size, config.head_layers, config.variant) == (2, grid, [1, 2], "dnd")
+    assert model.num_params() == sum(t.numel() for t in state.values())
+    codes = torch.randint(0, args["vocab_size"], (3, grid, grid, 2))
+    labels = torch.tensor([0, 2, args["num_classes"]])  # the last: the null class (CFG's unconditional row)
+    with torch.no_grad():
+        ours = model(codes, labels)  # (B, N, D, V)
+        theirs = authors_forward(state, codes.flatten(1, 2), labels, args["n_head"], args["pred_head_positions"])
+    torch.testing.assert_close(ours.permute(0, 2, 1, 3), theirs, rtol=1e-4, atol=1e-4)
+    assert theirs.std() > 0.1  # not a trivially equal (zero) output
+
+
+def test_the_restated_forward_can_tell_a_wrong_load(tmp_path):
+    """The parity check is not vacuous: swapping two heads' norms (a plausible mapping slip) breaks it."""
+    from authors_layout import authors_forward
+
+    path, state, args, grid = _authors_checkpoint(tmp_path)
+    swapped = dict(state)
+    swapped["norm.0.weight"], swapped["norm.1.weight"] = state["norm.1.weight"], state["norm.0.weight"]
+    torch.save({"model": swapped, "args": torch.load(path, weights_only=False)["args"]}, tmp_path / "swapped.pt")
+    model, _ = load_authors_checkpoint(tmp_path / "swapped.pt", n_head=args["n_head"])
+    codes, labels = torch.randint(0, args["vocab_size"], (2, grid, grid, 2)), torch.tensor([1, 2])
+    with torch.no_grad():
+        ours = model(codes, labels).permute(0, 2, 1, 3)
+        theirs = authors_forward(state, codes.flatten(1, 2), labels, args["n_head"], args["pred_head_positions"])
+    assert not torch.allclose(ours, theirs, atol=1e-3)

@@ -141,6 +141,59 @@ def test_sampling_writes_the_adm_batch_and_is_deterministic(trained, tokenizer, 
     assert shards.decode_png((tmp_path / "a" / "grid.png").read_bytes()).size[0] > 0
 
 
+def test_ema_training_keeps_raw_and_ema_weights_each_chosen_by_its_own_validation(codes, tmp_path):
+    from dnd.data.codes import CodeMapDataset, code_shards
+    from dnd.transformer.train import validate
+
+    codes_dir, _ = codes
+    spec = TransformerSpec.from_dict("t", {**TINY, "train": {**TINY["train"], "steps": 12, "eval_every": 3,
+                                                             "checkpoint_every": 6, "ema_decay": 0.8}})
+    summary = train_transformer(spec, codes_dir, tmp_path / "model.pt", tmp_path / "work")
+    payload = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert set(payload["weights"]) == {"raw", "ema"} and summary["weights"] == payload["weights"]
+    assert summary["also_selected"]["ema"]["step"] == payload["weights"]["ema"]["step"]
+    assert any(not torch.equal(payload["state_dict"][k], payload["ema_state_dict"][k]) for k in payload["state_dict"])
+    val_set = CodeMapDataset(code_shards(codes_dir, "val"))
+    for weights in ("raw", "ema"):  # each set's recorded figure is its own validation loss
+        loss = validate(load_transformer(tmp_path / "model.pt", weights=weights), val_set, spec.train, torch.device("cpu"))
+        assert loss["val/loss"] == pytest.approx(payload["weights"][weights]["val_loss"], rel=1e-5), weights
+
+
+def test_sampling_weights_raw_samples_the_raw_weights_and_ema_the_ema_weights(trained, tokenizer, tmp_path):
+    """A model file whose raw and EMA weights disagree: greedy samples of `weights: raw` are the raw model's
+    codes decoded, those of `weights: ema` the EMA model's, and a file without EMA weights refuses `ema`."""
+    from dnd.data.images import to_uint8
+    from dnd.tokenizer.rqvae import load_tokenizer
+    from dnd.transformer.generate import SamplingConfig, generate
+    from dnd.transformer.model import save_transformer
+
+    raw = load_transformer(trained)
+    ema = load_transformer(trained)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for head in ema.heads:
+            head.output.weight.normal_(std=1.0)  # other greedy codes
+    both = tmp_path / "both.pt"
+    save_transformer(both, raw, "t", ema_state_dict=ema.state_dict(),
+                     weights={"raw": {"step": 1, "val_loss": 1.0}, "ema": {"step": 2, "val_loss": 1.0}})
+    decoder = load_tokenizer(tokenizer)
+    produced = {}
+    for weights, model in (("raw", raw), ("ema", ema)):
+        spec = SampleSpec.from_dict({"temperature": 0.0, "per_class": 2, "batch_size": 3, "save_png": False, "weights": weights})
+        summary = sample_images(both, tokenizer, spec, tmp_path / weights, tmp_path / f"w-{weights}", {"model": "t", "sampling": weights})
+        assert summary["weights"] == weights and summary["weights_step"] == {"raw": 1, "ema": 2}[weights]
+        with np.load(tmp_path / weights / "samples.npz") as written:
+            images, labels = written["arr_0"], written["arr_1"]
+        with torch.no_grad():
+            expected = to_uint8(decoder.decode(generate(model, torch.from_numpy(labels), SamplingConfig(temperature=0.0))).clamp(-1, 1))
+        np.testing.assert_array_equal(images, np.repeat(expected, 3, axis=-1) if expected.shape[-1] == 1 else expected)
+        produced[weights] = images
+    assert not np.array_equal(produced["raw"], produced["ema"])
+    with pytest.raises(ValueError, match="no EMA weights"):
+        sample_images(trained, tokenizer, SampleSpec.from_dict({"per_class": 1, "weights": "ema"}), tmp_path / "x",
+                      tmp_path / "wx", {"model": "t", "sampling": "x"})
+
+
 def test_the_sampler_streams_its_shards_and_reads_only_the_model_header(trained, tokenizer, tmp_path):
     """samples.npz is written shard by shard (never all images in one process) and holds exactly the shards'
     images in order; the stage reads num_classes and the parameter count from the model file's header."""
@@ -218,3 +271,34 @@ def test_ddp_over_two_ranks_equals_one_process_with_the_same_global_batch(codes,
     two = torch.load(tmp_path / "two" / "model.pt", weights_only=False)["state_dict"]
     for key, value in one.items():
         torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_the_authors_checkpoint_imports_as_a_model_file_with_both_weight_sets(tokenizer, tmp_path):
+    """`import_authors_transformer` writes the same model.pt as training (raw weights, their EMA beside),
+    says where it came from, and refuses a tokenizer whose codes the checkpoint does not predict."""
+    import argparse
+
+    from authors_layout import authors_shapes, random_state
+    from dnd.stages.authors_weights import SOURCE, import_authors_transformer
+    from dnd.transformer.authors_checkpoint import load_authors_checkpoint
+
+    shapes = authors_shapes(dim=64, n_layer=2, vocab=VOCAB, num_classes=CLASSES, heads=DEPTH)
+    args = argparse.Namespace(image_size=GRID * 16, downsample_size=16, num_classes=CLASSES, cls_token_num=1, gpt_type="c2i",
+                              pred_head_positions="0,1")
+    checkpoint = tmp_path / "authors.pt"
+    torch.save({"model": random_state(shapes, 1), "ema": random_state(shapes, 2), "steps": 77, "args": args}, checkpoint)
+    summary = import_authors_transformer("authors", checkpoint, tmp_path / "model.pt", tokenizer, {"n_head": 2})
+    payload = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert payload["source"] == SOURCE == summary["source"] and payload["pretrained_sha256"]
+    assert payload["weights"] == {"raw": {"step": 77, "val_loss": None}, "ema": {"step": 77, "val_loss": None}}
+    raw, _ = load_authors_checkpoint(checkpoint, n_head=2)
+    ema, _ = load_authors_checkpoint(checkpoint, n_head=2, use_ema=True)
+    for key, value in load_transformer(tmp_path / "model.pt").state_dict().items():
+        assert torch.equal(value, raw.state_dict()[key]), key
+    for key, value in load_transformer(tmp_path / "model.pt", weights="ema").state_dict().items():
+        assert torch.equal(value, ema.state_dict()[key]), key
+    assert json.loads((tmp_path / "model.pt.provenance.json").read_text())["stage"] == "import_authors_transformer"
+    other = tmp_path / "other_tok.pt"
+    save_tokenizer(other, RQVAE(rqvae_config("demo_f8", depth=1, codebook_size=VOCAB, ch=32, z_channels=8, embed_dim=8)), "o")
+    with pytest.raises(ValueError, match="depth 1"):
+        import_authors_transformer("authors", checkpoint, tmp_path / "bad.pt", other, {"n_head": 2})

@@ -416,3 +416,52 @@ def test_touched_inputs_resume_training_from_the_last_checkpoint(micro_run):
     assert f"at step {steps}" in log and "resuming from" in log, log[-2000:]
     after = torch.load(model, weights_only=False)["state_dict"]
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_an_authors_checkpoint_is_a_row_of_table2(micro_run, tmp_path):
+    """A transformer given as `pretrained:` (a checkpoint in the authors' layout, written here for the micro
+    tokenizer's codes) is imported instead of trained, then sampled, evaluated and tabled like the trained
+    rows, its Table 2 rows noted as the authors' weights; no trained row reruns."""
+    import argparse
+    import shutil
+
+    import pandas as pd
+    import torch
+
+    from authors_layout import authors_shapes, random_state
+
+    workdir, config = micro_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, symlinks=True)  # the shared micro run stays as the other tests expect it
+    tokenizer = torch.load(copy / "results" / "tokenizers" / "micro_cls" / "model.pt", weights_only=False)["config"]
+    resolution = config["tokenizers"]["micro_cls"]["train"]["resolution"]
+    classes = 10  # the micro config's class-labelled set: scikit-learn's digits
+    shapes = authors_shapes(dim=64, n_layer=2, vocab=tokenizer["codebook_size"], num_classes=classes, heads=tokenizer["depth"])
+    args = argparse.Namespace(image_size=resolution, downsample_size=8, num_classes=classes, cls_token_num=1, gpt_type="c2i",
+                              pred_head_positions="0,1")
+    checkpoint = tmp_path / "authors_c2i.pt"
+    torch.save({"model": random_state(shapes, 0), "steps": 5, "args": args}, checkpoint)
+    edited = json.loads(json.dumps(config))
+    edited["transformers"]["authors_dnd"] = {"tokenizer": "micro_cls", "pretrained": str(checkpoint)}
+    edited["tables"]["table2"]["models"] = [*config["tables"]["table2"]["models"], "authors_dnd"]
+    (copy / "authors.yaml").write_text(yaml.safe_dump(edited))
+
+    plan = snakemake(copy, "-n", "results/table2.csv", "--configfile", "authors.yaml")  # --configfile takes several
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    jobs = planned_runs(plan)
+    assert ("import_authors_transformer", "model=authors_dnd") in jobs
+    assert not any(rule == "train_transformer" for rule, _ in jobs)
+    assert {w for rule, w in jobs if rule in ("sample_images", "evaluate_generation")} == {
+        f"model=authors_dnd, sampling={s}" for s in config["tables"]["table2"]["samplings"]}
+    run = snakemake(copy, "results/table2.csv", "--configfile", "authors.yaml")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    table2 = pd.read_csv(copy / "results" / "table2.csv", keep_default_na=False)
+    rows = table2[table2["model"] == "authors_dnd"]
+    assert len(rows) == len(config["tables"]["table2"]["samplings"])
+    assert all("the authors' released weights (authors_c2i.pt)" in note for note in rows["note"])
+    assert all(0.0 <= float(a) <= 1.0 for a in rows["demo_classifier_acc"])
+    assert not any("authors" in note for note in table2[table2["model"] != "authors_dnd"]["note"])
+    model = torch.load(copy / "results" / "transformers" / "authors_dnd" / "model.pt", weights_only=False)
+    assert model["source"] == "authors' checkpoint" and model["pretrained"] == str(checkpoint)
+    summary = json.loads((copy / "results" / "samples" / "authors_dnd" / config["tables"]["table2"]["samplings"][0] / "summary.json").read_text())
+    assert summary["weights"] == "raw" and summary["weights_source"] == "authors' checkpoint"

@@ -44,9 +44,18 @@ class SampleSpec:
     batch_size: int = 32
     shards: int = 1  # the unit of parallelism (local processes or array tasks)
     save_png: bool = True  # also one PNG per image under png/
+    # Which of the model file's weight sets to sample: "raw" (the trained weights; the authors' sampler) or
+    # "ema" (their moving average, when the model was trained with train.ema_decay).
+    weights: str = "raw"
     # The decode step under torch.compile (CUDA graphs): None = on GPU only, where per-kernel launch cost
     # dominates a one-position step; eager on CPU, where compiling costs more than it saves.
     compile: bool | None = None
+
+    def __post_init__(self) -> None:
+        from dnd.transformer.model import WEIGHT_SETS
+
+        if self.weights not in WEIGHT_SETS:
+            raise ValueError(f"weights must be one of {sorted(WEIGHT_SETS)}, got {self.weights!r}")
 
     def compiled_on(self, device: torch.device) -> bool:
         return self.compile if self.compile is not None else device.type == "cuda"
@@ -77,7 +86,7 @@ def sample_shard(task: SampleShardTask) -> dict[str, Any]:
         with np.load(task.out) as done:
             return {"images": len(done["arr_1"]), "seconds": float(done["seconds"])}
     device = default_device()
-    model = load_transformer(task.model, device)
+    model = load_transformer(task.model, device, task.spec.weights)
     decoder = load_tokenizer(task.tokenizer, device)
     images, start_time = [], time.perf_counter()
     batch_size = task.spec.batch_size
@@ -132,7 +141,11 @@ def sample_images(model_path: Path, tokenizer: Path, spec: SampleSpec, out_dir: 
     (not its weights) and streams the shards into `samples.npz`, never holding all images at once."""
     from dnd.modelfile import read_model_header
 
-    config, params, _ = read_model_header(model_path)
+    config, params, header = read_model_header(model_path)
+    weights = header.get("weights", {})
+    if spec.weights == "ema" and "ema" not in weights:
+        raise ValueError(f"sampling {names['sampling']!r} asks for weights: ema, but {model_path} holds no EMA weights "
+                         "(trained without train.ema_decay)")
     labels = label_list(config["num_classes"], spec)
     parts = np.array_split(np.asarray(labels), max(1, spec.shards))
     tasks = [
@@ -149,6 +162,8 @@ def sample_images(model_path: Path, tokenizer: Path, spec: SampleSpec, out_dir: 
     summary = {
         "model": names["model"], "sampling_name": names["sampling"], "sampling": asdict(spec.sampling),
         "variant": config["variant"], "params": params, "depth": config["depth"],
+        "weights": spec.weights, "weights_step": weights.get(spec.weights, {}).get("step"),
+        "weights_source": header.get("source", "trained"),
         "n_images": count, "seconds": seconds, "seconds_per_image": seconds / max(1, count),
         "device": default_device().type, "shards": len(tasks),
     }

@@ -4,8 +4,17 @@ Every latent vector `z` becomes D codes: `r0 = z`; `k_d = argmin_k ||r_{d-1} - e
 `r_d = r_{d-1} - e(k_d)`. The decoder sees the full sum `e(k_1) + ... + e(k_D)`; the first d terms
 (a partial sum) give a coarser reconstruction. Gradients pass to the encoder by the straight-through
 estimator; the codebook gets none: it follows an exponential moving average of the vectors assigned to
-each code (over all depths at once, as the codebook is shared), and codes whose average count drops
-below a threshold restart from random residuals of the current batch.
+each code, and codes whose average count drops below a threshold restart from random residuals of the
+current batch.
+
+How the shared codebook is updated in training (`codebook_update`):
+- "sequential" (the authors' RQ-VAE, and the default): one EMA update and restart per depth, in order.
+  Depth d searches the codebook as updated by depth d-1, subtracts the embeddings of that same
+  codebook, then updates it from its own residuals and codes (restarts drawn from its residuals only).
+  A batch therefore makes D updates of decay `ema_decay`.
+- "pooled": every depth searches the batch's starting codebook, then one update from all depths'
+  residuals at once (restarts drawn from all of them): D times fewer EMA steps, and a count summed over
+  depths, so restarts are about D times more lenient.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 CODEBOOK_INITS = ("restart", "depth_by_depth")
+CODEBOOK_UPDATES = ("sequential", "pooled")
 # Rows of a (rows × codebook_size) distance matrix computed at once: bounds the memory of a search.
 DISTANCE_CHUNK_ELEMENTS = 1 << 26
 
@@ -146,10 +156,13 @@ class ResidualQuantizer(nn.Module):
         restart_threshold: float = 1.0,
         dead_code_restart: bool = True,
         codebook_init: str = "restart",
+        codebook_update: str = "sequential",
     ):
         super().__init__()
         if codebook_init not in CODEBOOK_INITS:
             raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {codebook_init!r}")
+        if codebook_update not in CODEBOOK_UPDATES:
+            raise ValueError(f"codebook_update must be one of {CODEBOOK_UPDATES}, got {codebook_update!r}")
         if depth < 1 or codebook_size < depth:
             raise ValueError(f"need 1 <= depth <= codebook_size, got depth {depth}, codebook_size {codebook_size}")
         self.codebook_size = codebook_size
@@ -160,6 +173,7 @@ class ResidualQuantizer(nn.Module):
         self.restart_threshold = restart_threshold
         self.dead_code_restart = dead_code_restart
         self.codebook_init = codebook_init
+        self.codebook_update = codebook_update
         # Buffers, not parameters: no optimizer ever touches the codebook. With "restart" the first
         # training batch replaces these random rows (every EMA count starts below the threshold).
         codebook = torch.randn(codebook_size, embed_dim)
@@ -188,14 +202,17 @@ class ResidualQuantizer(nn.Module):
             z = rearrange(latents.float(), "b h w c -> (b h w) c")  # (N, C)
             if self.training and self.codebook_init == "depth_by_depth" and not self.initialized:
                 self.init_codebook_depth_by_depth(z)
-            codes, residual_inputs = self._residual_search(z.detach())  # (D, N), (D, N, C)
-            embeddings = self.codebook[codes]  # (D, N, C)
+            if self.training and self.codebook_update == "sequential":
+                codes, embeddings = self._search_and_update_per_depth(z.detach())  # (D, N), (D, N, C)
+            else:
+                codes, residual_inputs = self._residual_search(z.detach())  # (D, N), (D, N, C)
+                embeddings = self.codebook[codes]  # (D, N, C): the codebook every depth searched
+                if self.training:
+                    self._ema_update(residual_inputs, codes)
             partial_sums = embeddings.cumsum(dim=0)  # (D, N, C)
             commitment_loss = (z.unsqueeze(0) - partial_sums).pow(2).mean()  # = mean_d mse(z, partial_d)
             quantized = z + (partial_sums[-1] - z).detach()  # straight-through estimator
             usage = self._code_usage(codes)
-            if self.training:
-                self._ema_update(residual_inputs, codes)
         unflatten = dict(b=batch, h=height)
         return QuantizerOutput(
             quantized=rearrange(quantized, "(b h w) c -> b h w c", **unflatten),
@@ -220,6 +237,24 @@ class ResidualQuantizer(nn.Module):
                 residual = residual - self.codebook[code]
         return torch.stack(codes), torch.stack(residual_inputs)
 
+    @torch.no_grad()
+    def _search_and_update_per_depth(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Training search of the sequential rule: (N, C) float32 -> codes (D, N) and embeddings (D, N, C).
+
+        Each depth's embeddings come from the codebook it searched, taken before its own update (a copy:
+        the update rewrites the codebook in place).
+        """
+        residual = z
+        codes, embeddings = [], []
+        for _ in range(self.depth):
+            code = nearest_codes(residual, self.codebook)
+            embedding = self.codebook[code]  # (N, C), a copy
+            self._ema_update(residual.unsqueeze(0), code.unsqueeze(0))
+            codes.append(code)
+            embeddings.append(embedding)
+            residual = residual - embedding
+        return torch.stack(codes), torch.stack(embeddings)
+
     def _code_usage(self, codes: Tensor) -> Tensor:
         """(D, N) -> (D, K) counts of each code at each depth."""
         offsets = torch.arange(self.depth, device=codes.device).unsqueeze(1) * self.codebook_size
@@ -228,6 +263,7 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, residual_inputs: Tensor, codes: Tensor) -> None:
+        """One EMA step and restart from residuals (D', N, C) and their codes (D', N): one depth's, or all (pooled)."""
         vectors = rearrange(residual_inputs, "d n c -> (d n) c")
         index = codes.flatten()
         cluster_size = torch.bincount(index, minlength=self.codebook_size).float()  # (K,)

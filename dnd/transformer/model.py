@@ -362,5 +362,18 @@ def save_transformer(path: Path, model: Transformer, name: str, **extra: Any) ->
     save_model_file(path, model.config, model.state_dict(), name=name, **extra)
 
 
-def load_transformer(path: Path, device: str | torch.device = "cpu") -> Transformer:
-    return load_model_file(path, lambda config: Transformer(TransformerConfig(**config)), device)[0]
+# The weight sets a model file may hold: the trained weights themselves, and their exponential moving average
+# when training kept one (`train.ema_decay`). Each is the one of its own best validation step.
+WEIGHT_SETS = {"raw": "state_dict", "ema": "ema_state_dict"}
+
+
+def load_transformer(path: Path, device: str | torch.device = "cpu", weights: str = "raw") -> Transformer:
+    """The model of `path` with its `weights` ("raw" or "ema") in eval mode."""
+    if weights not in WEIGHT_SETS:
+        raise ValueError(f"weights must be one of {sorted(WEIGHT_SETS)}, got {weights!r}")
+    try:
+        return load_model_file(path, lambda config: Transformer(TransformerConfig(**config)), device, WEIGHT_SETS[weights])[0]
+    except KeyError as err:
+        if weights == "ema":
+            raise ValueError(f"{path} holds no EMA weights (trained without train.ema_decay): sample it with weights: raw") from err
+        raise

@@ -3,7 +3,10 @@
 Same contract as the tokenizer trainer: `last.pt` every `checkpoint_every` steps and on
 SIGTERM/SIGUSR1/SIGUSR2 in the work area, `best.pt` by validation loss, batches a function of
 (seed, step), RNG states in the checkpoint, so a killed run resumes to the same weights. The
-declared output `model.pt` holds the config and the (EMA, when enabled) weights of the best step.
+declared output `model.pt` holds the config and the trained ("raw") weights of the step whose raw weights
+validate best; with `ema_decay` it also holds the EMA weights of the step whose EMA weights validate best
+(both figures are computed at every validation), so the sampler can take either (`sampling.<name>.weights`)
+and each is chosen by the validation of the weights that will be sampled.
 Over several ranks the model trains under DDP or, for the largest presets, FSDP (`parallel.py`);
 checkpoints are the same full state dicts either way.
 """
@@ -11,6 +14,7 @@ checkpoints are the same full state dicts either way.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +40,7 @@ class TransformerTrainConfig:
     weight_decay: float = 0.05  # on weight matrices only (not norms, not embeddings' biases)
     grad_clip: float = 1.0
     warmup_steps: int = 0  # linear LR warm-up; constant after (the authors: constant)
-    ema_decay: float | None = None  # e.g. 0.9999 (the authors' optional EMA); None = off
+    ema_decay: float | None = None  # e.g. 0.9999 (the authors' optional EMA, their sampler loads the raw weights); None = off
     checkpoint_every: int = 200
     eval_every: int = 500
     eval_batches: int = 4  # validation batches for the validation loss
@@ -72,6 +76,10 @@ class TransformerSpec:
             self.size, vocab_size=info.codebook_size, depth=info.depth, grid_size=info.height,
             num_classes=num_classes, **self.model,
         )
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isinf(value) else value
 
 
 def _num_classes(dataset: CodeMapDataset) -> int:
@@ -185,9 +193,15 @@ class TransformerTrainer:
         # Rank 0 validates (under FSDP every rank, on the same batches: a sharded forward needs them all)
         if not (self.main or self.mode == "fsdp"):
             return None
-        evaluated = self.ema or self.model
-        val = parallel.from_rank0(validate(evaluated, self.val_set, self.cfg, self.device), self.mode, self.device)
-        parallel.reshard(evaluated, self.mode)
+        val = parallel.from_rank0(validate(self.model, self.val_set, self.cfg, self.device), self.mode, self.device)
+        parallel.reshard(self.model, self.mode)
+        evaluated = self.model
+        if self.ema is not None:  # the EMA weights' own figures select the EMA weights' best step
+            ema_val = parallel.from_rank0(validate(self.ema, self.val_set, self.cfg, self.device), self.mode, self.device)
+            parallel.reshard(self.ema, self.mode)
+            if ema_val is not None:
+                val = (val or {}) | {key.replace("val/", "val/ema/", 1): value for key, value in ema_val.items()}
+            evaluated = self.ema
         if self.tokenizer is not None:
             sampler = parallel.full_copy(evaluated, self.mode, self.device)  # None off rank 0
             if self.main:
@@ -195,13 +209,21 @@ class TransformerTrainer:
             del sampler
         return val
 
-    def export(self, checkpoint: dict[str, Any], out: Path) -> dict[str, Any]:
+    def export(self, checkpoint: dict[str, Any], out: Path, also: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """`model.pt`: the raw weights of `checkpoint` (best by `val/loss`) and, with EMA, the EMA weights of
+        `also["ema"]` (best by `val/ema/loss`); `weights` records each set's step and validation loss."""
         model = Transformer(self.model.config)  # unsharded, on the CPU
-        model.load_state_dict(checkpoint["ema"] if checkpoint.get("ema") is not None else checkpoint["model"])
+        model.load_state_dict(checkpoint["model"])
+        weights = {"raw": {"step": checkpoint["step"], "val_loss": _finite(checkpoint["best_val_loss"])}}
+        extra: dict[str, Any] = {}
+        if also and "ema" in also:
+            ema = also["ema"]
+            extra["ema_state_dict"] = ema["ema"]
+            weights["ema"] = {"step": ema["step"], "val_loss": _finite(ema.get("best_also", {}).get("ema", math.inf))}
         save_transformer(out, model, self.spec.name, step=checkpoint["step"], val_loss=checkpoint["best_val_loss"],
-                         tokenizer=str(self.tokenizer))
+                         tokenizer=str(self.tokenizer), weights=weights, **extra)
         return {"model": self.spec.name, "variant": model.config.variant, "params": model.num_params(),
-                "head_layers": model.config.head_layers}
+                "head_layers": model.config.head_layers, "weights": weights}
 
 
 def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_dir: Path, tokenizer: Path | None = None,
@@ -210,7 +232,8 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
     rank, world, device = join_ranks(cfg.batch_size, f"transformers.{spec.name}.train.batch_size")
     trainer = TransformerTrainer(spec, codes_dir, work_dir, tokenizer, rank, world, device)
     loop = LoopConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
-                      eval_every=cfg.eval_every if trainer.val_set is not None else None, seed=cfg.seed)
+                      eval_every=cfg.eval_every if trainer.val_set is not None else None, seed=cfg.seed,
+                      also_select={"ema": "val/ema/loss"} if trainer.ema is not None else {})
     run = RunInfo(spec.name, "train_transformer", asdict(spec), rank, world, device, code_version)
     return run_training(trainer, loop, run, work_dir, out, should_stop)
 

@@ -70,6 +70,47 @@ TESTSETS = {
 ORIGINAL = "original"  # the pseudo-tokenizer of Table 1b's reference row (no tokenizer: the OCR ceiling)
 
 
+# The authors' released checkpoints (`pretrained:` under tokenizers or transformers) replace training.
+AUTHORS_NOTE = "the authors' released weights"
+
+
+def pretrained(section):
+    """Names under `section` (tokenizers / transformers) that load the authors' checkpoint instead of training."""
+    return [name for name, spec in config.get(section, {}).items() if spec.get("pretrained")]
+
+
+def trained(section):
+    return [name for name, spec in config.get(section, {}).items() if not spec.get("pretrained")]
+
+
+def pretrained_files(section, wildcard):
+    """Input function: the checkpoint (and a tokenizer's config file, when named) of a pretrained entry."""
+
+    def files(wildcards):
+        spec = config[section][getattr(wildcards, wildcard)]
+        return [spec["pretrained"], *([spec["pretrained_config"]] if spec.get("pretrained_config") else [])]
+
+    return files
+
+
+def authors_notes(section, notes):
+    """`notes` (row name → note) with the rows of the authors' checkpoints noted as such, after the config's note."""
+    notes = dict(notes)
+    for name in pretrained(section):
+        source = f"{AUTHORS_NOTE} ({Path(config[section][name]['pretrained']).name})"
+        notes[name] = f"{notes[name]}; {source}" if notes.get(name) else source
+    return notes
+
+
+def table_params(table):
+    """A table's settings (`tables.<table>`), its rows from the authors' checkpoints labelled in its notes."""
+    spec = dict(lookup(dpath=f"tables/{table}", within=config, default={}))
+    notes = authors_notes("transformers" if table in ("table2", "table3") else "tokenizers", spec.get("notes", {}))
+    if notes:
+        spec["notes"] = notes
+    return stage_params_of(spec)
+
+
 def tokenizer_params(wildcards):
     return stage_params(f"tokenizers.{wildcards.tokenizer}")
 
@@ -224,7 +265,7 @@ def richtext_eval_params():
 
 
 def richtext_table_params():
-    return stage_params_of({"notes": config.get("richtext", {}).get("notes", {})})
+    return stage_params_of({"notes": authors_notes("transformers", config.get("richtext", {}).get("notes", {}))})
 
 
 def richtext_pipelines():

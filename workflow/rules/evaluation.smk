@@ -66,7 +66,7 @@ rule make_table2:
         table=report("results/table2.csv", caption="../report/table2.rst", category="Tables 2 and 3"),
         plot=report("results/table2.png", caption="../report/table2.rst", category="Tables 2 and 3"),
     params:
-        cfg=stage_params("tables.table2"),
+        cfg=table_params("table2"),
         code=command_code_version("make-generation-table"),
     log:
         "logs/make_table2.log",
@@ -83,7 +83,7 @@ rule make_table3:
         table=report("results/table3.csv", caption="../report/table3.rst", category="Tables 2 and 3"),
         plot=report("results/table3.png", caption="../report/table3.rst", category="Tables 2 and 3"),
     params:
-        cfg=stage_params("tables.table3"),
+        cfg=table_params("table3"),
         code=command_code_version("make-generation-table"),
     log:
         "logs/make_table3.log",

@@ -8,6 +8,8 @@ wildcard_constraints:
 
 
 rule train_tokenizer:
+    wildcard_constraints:
+        tokenizer=name_pattern(trained("tokenizers")),
     input:
         datasets=tokenizer_datasets,
     output:
@@ -26,6 +28,28 @@ rule train_tokenizer:
         "../../envs/dnd.yaml"
     shell:
         "OMP_NUM_THREADS={threads} dnd train-tokenizer --code-version {params.code} --name {wildcards.tokenizer} --params {params.cfg} --datasets {input.datasets} --out {output.model} > {log} 2>&1"
+
+
+# A tokenizer with `pretrained:` is the authors' released checkpoint, not trained: it is checked and written as
+# the same model.pt, and the rules after it take it like any other tokenizer.
+rule import_authors_tokenizer:
+    wildcard_constraints:
+        tokenizer=name_pattern(pretrained("tokenizers")),
+    input:
+        checkpoint=pretrained_files("tokenizers", "tokenizer"),
+    output:
+        model="results/tokenizers/{tokenizer}/model.pt",
+    params:
+        cfg=tokenizer_params,
+        code=command_code_version("import-authors-tokenizer"),
+    log:
+        "logs/import_authors_tokenizer/{tokenizer}.log",
+    threads: 1
+    conda:
+        "../../envs/dnd.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} dnd import-authors-tokenizer --code-version {params.code} --name {wildcards.tokenizer} --params {params.cfg}"
+        " --out {output.model} > {log} 2>&1"
 
 
 rule evaluate_reconstruction:
@@ -105,7 +129,7 @@ rule make_table1a:
         plot=report("results/table1a.png", caption="../report/table1a.rst", category="Table 1"),
         grids=report("results/table1a_grids.png", caption="../report/table1_grids.rst", category="Table 1"),
     params:
-        cfg=stage_params("tables.table1a"),
+        cfg=table_params("table1a"),
         code=command_code_version("make-table1"),
     log:
         "logs/make_table1a.log",
@@ -123,7 +147,7 @@ rule make_table1b:
         plot=report("results/table1b.png", caption="../report/table1b.rst", category="Table 1"),
         grids=report("results/table1b_grids.png", caption="../report/table1_grids.rst", category="Table 1"),
     params:
-        cfg=stage_params("tables.table1b"),
+        cfg=table_params("table1b"),
         code=command_code_version("make-table1"),
     log:
         "logs/make_table1b.log",

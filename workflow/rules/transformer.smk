@@ -7,6 +7,8 @@ wildcard_constraints:
 
 
 rule train_transformer:
+    wildcard_constraints:
+        model=name_pattern(trained("transformers")),
     input:
         codes=transformer_codes,
         tokenizer=transformer_tokenizer,
@@ -27,6 +29,29 @@ rule train_transformer:
     shell:
         "OMP_NUM_THREADS={threads} dnd train-transformer --code-version {params.code} --name {wildcards.model} --params {params.cfg}"
         " --codes {input.codes} --tokenizer {input.tokenizer} --out {output.model} > {log} 2>&1"
+
+
+# A transformer with `pretrained:` is the authors' released checkpoint: converted (and checked against its
+# tokenizer) into the same model.pt, then sampled, evaluated and tabled like a trained one.
+rule import_authors_transformer:
+    wildcard_constraints:
+        model=name_pattern(pretrained("transformers")),
+    input:
+        checkpoint=pretrained_files("transformers", "model"),
+        tokenizer=transformer_tokenizer,
+    output:
+        model="results/transformers/{model}/model.pt",
+    params:
+        cfg=transformer_params,
+        code=command_code_version("import-authors-transformer"),
+    log:
+        "logs/import_authors_transformer/{model}.log",
+    threads: 1
+    conda:
+        "../../envs/dnd.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} dnd import-authors-transformer --code-version {params.code} --name {wildcards.model} --params {params.cfg}"
+        " --tokenizer {input.tokenizer} --out {output.model} > {log} 2>&1"
 
 
 rule sample_images:
