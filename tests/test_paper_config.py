@@ -39,13 +39,13 @@ SIZE_KEYS = (
     "ddpm.*.block_out_channels", "ddpm.*.norm_num_groups",
     # steps and the keys indexed by them, scaled with the steps (the GAN does switch on)
     "tokenizers.*.train.steps", "tokenizers.*.train.batch_size", "tokenizers.*.train.eval_images", "tokenizers.*.train.num_workers",
-    "tokenizers.*.train.checkpoint_every", "tokenizers.*.train.eval_every", "tokenizers.*.loss.disc_start_step",
+    "tokenizers.*.train.checkpoint_every", "tokenizers.*.train.eval_every",
     "transformers.*.train.steps", "transformers.*.train.batch_size", "transformers.*.train.checkpoint_every",
     "transformers.*.train.eval_every", "transformers.*.train.eval_batches",
     "ddpm.*.steps", "ddpm.*.batch_size", "ddpm.*.micro_batch_size", "ddpm.*.checkpoint_every", "ddpm.*.warmup_steps",
     "ddpm.*.num_inference_steps",
     # the inputs, pointed at small local ones, and the external models' local stand-ins
-    "data.wiki_text.dump", "data.arxiv_image.pdfs", "data.classes.root", "evaluation.reference.adm_batch",
+    "data.wiki_text.dump", "data.arxiv_image.pdfs", "data.classes.root", "data.classes.test_root", "evaluation.reference.adm_batch",
     "metrics.inception_weights", "richtext.language_model.hf_path", "richtext.ocr.vlm_url", "metrics.ocr.vlm_url",
 )
 
@@ -53,7 +53,7 @@ SIZE_KEYS = (
 def toy_overlay(paper: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]:
     """The sizes of a run that finishes in minutes on two CPU cores, for every name `paper.yaml` defines."""
     tokenizer = {"model": {"ch": 32, "z_channels": 8, "embed_dim": 8, "codebook_size": 64},
-                 "loss": {"disc_start_step": 2, "disc_filters": 8},  # 20,000 of 500,000 steps: the GAN on from step 2 of 4
+                 "loss": {"disc_filters": 8},  # the paper's disc_start_step 0 stays: the GAN is on from the first step
                  "train": {"steps": 4, "batch_size": 2, "eval_images": 2, "num_workers": 0, "checkpoint_every": 2, "eval_every": 2}}
     transformer = {"model": {"dim": 16, "n_head": 2},  # the presets' 48 layers stay: the heads sit after layers 26..47
                    "train": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "eval_every": 2, "eval_batches": 1}}
@@ -67,7 +67,7 @@ def toy_overlay(paper: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]
             "wiki_text": {"dump": inputs["dump"], "max_articles": 3},  # one article each for train, val, test
             "text_image": {"shards": 2, "splits": {"test_max_images": 16}},  # one article: ~10 pages
             "arxiv_image": {"pdfs": inputs["pdfs"], "shards": 2, "raster": {"max_pages_per_paper": 2}, "splits": {"test_max_images": 4}},
-            "classes": {"root": inputs["classes"], "shards": 2, "splits": {"test_max_images": 3}},
+            "classes": {"root": inputs["classes"], "test_root": inputs["classes_val"], "shards": 2},
         },
         "tokenizers": {name: tokenizer for name in paper["tokenizers"]},
         "transformers": {name: transformer for name in paper["transformers"]},
@@ -101,7 +101,7 @@ def is_size_key(path: str) -> bool:
                for pattern in SIZE_KEYS)
 
 
-PLACEHOLDER_INPUTS = {"dump": "d.xml", "pdfs": "pdfs", "classes": "classes", "adm_batch": "ref.npz",
+PLACEHOLDER_INPUTS = {"dump": "d.xml", "pdfs": "pdfs", "classes": "classes", "classes_val": "val", "adm_batch": "ref.npz",
                       "inception": "inception.pth", "lm": "lm", "vlm": "http://127.0.0.1:1"}
 
 
@@ -131,6 +131,11 @@ def stand_ins(tmp_path_factory, random_weights) -> dict[str, Any]:
     pdfs = root / "arxiv_pdfs"
     write_demo_pdfs(pdfs, n=3, seed=0)
     classes = write_digits_image_folder(root / "imagenet" / "train", per_class=3, upscale_to=32)
+    # the validation stand-in: the next digit of each class, in the training tree's class folders
+    classes_val = write_digits_image_folder(root / "imagenet" / "val", per_class=4, upscale_to=32)
+    for folder in classes_val.iterdir():
+        for path in sorted(folder.glob("*.png"))[:3]:
+            path.unlink()
     rng = np.random.default_rng(0)
     adm_batch = root / "VIRTUAL_imagenet256_labeled.npz"
     write_adm_batch(adm_batch, rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8), rng.integers(0, 10, 12))
@@ -140,7 +145,8 @@ def stand_ins(tmp_path_factory, random_weights) -> dict[str, Any]:
     np.savez(adm_batch, **arrays, mu=features.mean(0), sigma=np.cov(features, rowvar=False))
     corpus = [line.strip() for line in DEMO_DUMP.read_text().splitlines() if len(line.split()) > 8][:40]
     lm = save_tiny_causal_lm(root / "Qwen2.5-72B", corpus)
-    return {"dump": str(DEMO_DUMP), "pdfs": str(pdfs), "classes": str(classes), "adm_batch": str(adm_batch),
+    return {"dump": str(DEMO_DUMP), "pdfs": str(pdfs), "classes": str(classes), "classes_val": str(classes_val),
+            "adm_batch": str(adm_batch),
             "inception": str(random_weights), "lm": str(lm)}
 
 
