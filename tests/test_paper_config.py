@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -54,9 +55,9 @@ def toy_overlay(paper: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]
     """The sizes of a run that finishes in minutes on two CPU cores, for every name `paper.yaml` defines."""
     tokenizer = {"model": {"ch": 32, "z_channels": 8, "embed_dim": 8, "codebook_size": 64},
                  "loss": {"disc_filters": 8},  # the paper's disc_start_step 0 stays: the GAN is on from the first step
-                 "train": {"steps": 4, "batch_size": 2, "eval_images": 2, "num_workers": 0, "checkpoint_every": 2, "eval_every": 2}}
+                 "train": {"steps": 2, "batch_size": 2, "eval_images": 2, "num_workers": 0, "checkpoint_every": 1, "eval_every": 2}}
     transformer = {"model": {"dim": 16, "n_head": 2},  # the presets' 48 layers stay: the heads sit after layers 26..47
-                   "train": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "eval_every": 2, "eval_batches": 1}}
+                   "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 1, "eval_every": 2, "eval_batches": 1}}
     sampling = {name: ({"per_class": 1, "batch_size": 10, "shards": 2} if "per_class" in spec
                        else {"n": 2, "batch_size": 2, "shards": 1}) for name, spec in paper["sampling"].items()}
     ddpm = {"block_out_channels": [8, 8, 8, 8, 16, 16], "norm_num_groups": 8, "steps": 3, "batch_size": 2,
@@ -130,15 +131,19 @@ def stand_ins(tmp_path_factory, random_weights) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("paper-inputs")
     pdfs = root / "arxiv_pdfs"
     write_demo_pdfs(pdfs, n=3, seed=0)
+    # three classes (every image costs ten tokenizer crops, every class a sample per sampling):
+    # three images a class for train and val, the fourth of each class for the test folder
     classes = write_digits_image_folder(root / "imagenet" / "train", per_class=3, upscale_to=32)
-    # the validation stand-in: the next digit of each class, in the training tree's class folders
     classes_val = write_digits_image_folder(root / "imagenet" / "val", per_class=4, upscale_to=32)
-    for folder in classes_val.iterdir():
-        for path in sorted(folder.glob("*.png"))[:3]:
-            path.unlink()
+    for folder in [*classes.iterdir(), *classes_val.iterdir()]:
+        if int(folder.name) >= 3:
+            shutil.rmtree(folder)
+        elif folder.parent == classes_val:
+            for path in sorted(folder.glob("*.png"))[:3]:  # the training tree's images
+                path.unlink()
     rng = np.random.default_rng(0)
     adm_batch = root / "VIRTUAL_imagenet256_labeled.npz"
-    write_adm_batch(adm_batch, rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8), rng.integers(0, 10, 12))
+    write_adm_batch(adm_batch, rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8), rng.integers(0, 3, 12))
     with np.load(adm_batch) as batch:  # the ADM batch's precomputed statistics, as the real one holds
         arrays = dict(batch)
     features = rng.standard_normal((64, 2048))
@@ -170,6 +175,6 @@ def test_the_paper_config_runs_through_every_final_target(stand_ins, tmp_path):
     table1b = (results / "table1b.csv").read_text()
     assert table1b.splitlines()[0].startswith("tokenizer,Text256,Text512,arXiv512")
     richtext = json.loads((results / "metrics" / "richtext" / "reference.json").read_text())
-    assert richtext["ocr_backend"] == "vlm" and "hf" in richtext["language_model"]
+    assert richtext["ocr_backend"] == "vlm" and richtext["language_model"] == "Qwen2.5-72B"  # the hf path's model
     assert not (results / "metrics" / "classifier").exists()  # the paper's tables do not ask for it
     assert (tmp_path / "report.html").stat().st_size > 0
