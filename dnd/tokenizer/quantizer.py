@@ -7,14 +7,11 @@ estimator; the codebook gets none: it follows an exponential moving average of t
 each code, and codes whose average count drops below a threshold restart from random residuals of the
 current batch.
 
-How the shared codebook is updated in training (`codebook_update`):
-- "sequential" (the authors' RQ-VAE, and the default): one EMA update and restart per depth, in order.
-  Depth d searches the codebook as updated by depth d-1, subtracts the embeddings of that same
-  codebook, then updates it from its own residuals and codes (restarts drawn from its residuals only).
-  A batch therefore makes D updates of decay `ema_decay`.
-- "pooled": every depth searches the batch's starting codebook, then one update from all depths'
-  residuals at once (restarts drawn from all of them): D times fewer EMA steps, and a count summed over
-  depths, so restarts are about D times more lenient.
+In training the shared codebook is updated as the authors' RQ-VAE updates it: once per depth, in order.
+Depth d searches the codebook as updated by depth d-1, subtracts the embeddings of that same codebook,
+then takes one EMA step from its own residuals and codes and restarts dead codes from its own residuals.
+A batch therefore makes D updates of decay `ema_decay`. (One update per batch pooled over all depths was
+measured against this rule on the demo and was better only in depth 1's code usage; see the README.)
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ from einops import rearrange
 from torch import Tensor, nn
 
 CODEBOOK_INITS = ("restart", "depth_by_depth")
-CODEBOOK_UPDATES = ("sequential", "pooled")
 # Rows of a (rows × codebook_size) distance matrix computed at once: bounds the memory of a search.
 DISTANCE_CHUNK_ELEMENTS = 1 << 26
 
@@ -156,13 +152,10 @@ class ResidualQuantizer(nn.Module):
         restart_threshold: float = 1.0,
         dead_code_restart: bool = True,
         codebook_init: str = "restart",
-        codebook_update: str = "sequential",
     ):
         super().__init__()
         if codebook_init not in CODEBOOK_INITS:
             raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {codebook_init!r}")
-        if codebook_update not in CODEBOOK_UPDATES:
-            raise ValueError(f"codebook_update must be one of {CODEBOOK_UPDATES}, got {codebook_update!r}")
         if depth < 1 or codebook_size < depth:
             raise ValueError(f"need 1 <= depth <= codebook_size, got depth {depth}, codebook_size {codebook_size}")
         self.codebook_size = codebook_size
@@ -173,7 +166,6 @@ class ResidualQuantizer(nn.Module):
         self.restart_threshold = restart_threshold
         self.dead_code_restart = dead_code_restart
         self.codebook_init = codebook_init
-        self.codebook_update = codebook_update
         # Buffers, not parameters: no optimizer ever touches the codebook. With "restart" the first
         # training batch replaces these random rows (every EMA count starts below the threshold).
         codebook = torch.randn(codebook_size, embed_dim)
@@ -202,13 +194,11 @@ class ResidualQuantizer(nn.Module):
             z = rearrange(latents.float(), "b h w c -> (b h w) c")  # (N, C)
             if self.training and self.codebook_init == "depth_by_depth" and not self.initialized:
                 self.init_codebook_depth_by_depth(z)
-            if self.training and self.codebook_update == "sequential":
+            if self.training:
                 codes, embeddings = self._search_and_update_per_depth(z.detach())  # (D, N), (D, N, C)
             else:
-                codes, residual_inputs = self._residual_search(z.detach())  # (D, N), (D, N, C)
-                embeddings = self.codebook[codes]  # (D, N, C): the codebook every depth searched
-                if self.training:
-                    self._ema_update(residual_inputs, codes)
+                codes, _ = self._residual_search(z.detach())  # (D, N)
+                embeddings = self.codebook[codes]  # (D, N, C)
             partial_sums = embeddings.cumsum(dim=0)  # (D, N, C)
             commitment_loss = (z.unsqueeze(0) - partial_sums).pow(2).mean()  # = mean_d mse(z, partial_d)
             quantized = z + (partial_sums[-1] - z).detach()  # straight-through estimator
@@ -239,7 +229,7 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def _search_and_update_per_depth(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Training search of the sequential rule: (N, C) float32 -> codes (D, N) and embeddings (D, N, C).
+        """Training search and update, depth by depth: (N, C) float32 -> codes (D, N) and embeddings (D, N, C).
 
         Each depth's embeddings come from the codebook it searched, taken before its own update (a copy:
         the update rewrites the codebook in place).
@@ -263,7 +253,7 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, residual_inputs: Tensor, codes: Tensor) -> None:
-        """One EMA step and restart from residuals (D', N, C) and their codes (D', N): one depth's, or all (pooled)."""
+        """One EMA step and restart from one depth's residuals (1, N, C) and their codes (1, N)."""
         vectors = rearrange(residual_inputs, "d n c -> (d n) c")
         index = codes.flatten()
         cluster_size = torch.bincount(index, minlength=self.codebook_size).float()  # (K,)

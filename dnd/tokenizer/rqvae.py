@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from dnd.modelfile import load_model_file, save_model_file
-from dnd.tokenizer.quantizer import CODEBOOK_INITS, CODEBOOK_UPDATES, ResidualQuantizer
+from dnd.tokenizer.quantizer import CODEBOOK_INITS, ResidualQuantizer
 
 DOWNSAMPLE_FACTORS = (8, 16, 32)
 STEMS = ("conv", "pixel_unshuffle")
@@ -54,9 +54,6 @@ class RQVAEConfig:
     # residuals (ResidualQuantizer.init_codebook_depth_by_depth); meant to follow a short warm-up as a plain
     # autoencoder (RQVAE.forward(..., quantize=False)). Deep codes (D = 8) trained stably only this way.
     codebook_init: str = "restart"
-    # "sequential": the authors' rule, one EMA update and restart per depth in order (depth d searches the
-    # codebook as depth d-1 left it). "pooled": one update per batch from all depths at once.
-    codebook_update: str = "sequential"
 
     def __post_init__(self) -> None:
         self.ch_mult = tuple(self.ch_mult)  # YAML gives lists
@@ -64,8 +61,6 @@ class RQVAEConfig:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.codebook_init not in CODEBOOK_INITS:
             raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {self.codebook_init!r}")
-        if self.codebook_update not in CODEBOOK_UPDATES:
-            raise ValueError(f"codebook_update must be one of {CODEBOOK_UPDATES}, got {self.codebook_update!r}")
         if not self.ch_mult:
             raise ValueError("ch_mult needs at least one stage")
         if any((self.ch * mult) % NORM_GROUPS for mult in self.ch_mult):
@@ -294,7 +289,6 @@ class RQVAE(nn.Module):
             restart_threshold=config.restart_threshold,
             dead_code_restart=config.dead_code_restart,
             codebook_init=config.codebook_init,
-            codebook_update=config.codebook_update,
         )
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
         self.decoder = Decoder(config)
