@@ -58,7 +58,8 @@ def toy_overlay(paper: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]
                  "train": {"steps": 2, "batch_size": 2, "eval_images": 2, "num_workers": 0, "checkpoint_every": 1, "eval_every": 2}}
     transformer = {"model": {"dim": 16, "n_head": 2},  # the presets' 48 layers stay: the heads sit after layers 26..47
                    "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 1, "eval_every": 2, "eval_batches": 1}}
-    sampling = {name: ({"per_class": 1, "batch_size": 10, "shards": 2} if "per_class" in spec
+    # two per class: six samples, more than precision/recall's k = 3 neighbours
+    sampling = {name: ({"per_class": 2, "batch_size": 10, "shards": 2} if "per_class" in spec
                        else {"n": 2, "batch_size": 2, "shards": 1}) for name, spec in paper["sampling"].items()}
     ddpm = {"block_out_channels": [8, 8, 8, 8, 16, 16], "norm_num_groups": 8, "steps": 3, "batch_size": 2,
             "micro_batch_size": 1, "checkpoint_every": 2, "warmup_steps": 1, "num_inference_steps": 2,
