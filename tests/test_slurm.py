@@ -205,7 +205,7 @@ def test_an_interrupted_run_reattaches_to_its_job_instead_of_submitting_again(sl
         slurm.wait_until(lambda: _render_work(workdir) is not None, 120, "the render stage to submit its array")
         (submitted,) = JobRecords(_render_work(workdir)).job_ids()
         os.killpg(first.pid, signal.SIGINT)  # Ctrl-C while the array waits behind the blocker
-        first.wait(60)
+        first.wait(180)  # 15 s alone; late in the whole suite the cluster answers more slowly
     finally:
         first.kill()
     assert first.returncode != 0
