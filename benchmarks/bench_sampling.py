@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.models import matmul_weights, sampling_ready_transformer, sync  # noqa: E402
 from benchmarks.timing import MIN_ROUNDS, Spread, check_line, ratio_spread, time_interleaved  # noqa: E402
 from dnd.transformer import (  # noqa: E402
     SamplingConfig,
@@ -92,28 +93,15 @@ class SamplingRun:
 
 def build(args: argparse.Namespace, variant: str, depth: int, positions: int) -> Transformer:
     grid = math.ceil(math.sqrt(positions))  # the rotary table must cover every position
-    config = TransformerConfig.preset(args.size, vocab_size=args.vocab, depth=depth, grid_size=grid, variant=variant)
     torch.manual_seed(0)
-    model = Transformer(config)
-    for head in model.heads:  # zero-initialised heads would give flat logits; keep sampling realistic
-        torch.nn.init.normal_(head.output.weight, std=config.initializer_range)
+    model = sampling_ready_transformer(args.size, args.vocab, depth, grid, variant)
     return model.to(device=args.device, dtype=DTYPES[args.dtype]).eval()
 
 
 def matmul_params(args: argparse.Namespace, variant: str, depth: int, positions: int) -> int:
-    """Weights a decoding step multiplies (all but the embedding tables): its FLOPs are ~2x this per code
-    position, so the ratio of two models' counts bounds their time ratio where matmuls dominate."""
-    grid = math.ceil(math.sqrt(positions))
-    config = TransformerConfig.preset(args.size, vocab_size=args.vocab, depth=depth, grid_size=grid, variant=variant)
+    """`matmul_weights` of the model `build` would make, counted on the meta device (no memory)."""
     with torch.device("meta"):
-        model = Transformer(config)
-    embeddings = model.tok_embeddings.weight.numel() + model.class_embedding.weight.numel()
-    return model.num_params() - embeddings
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        return matmul_weights(sampling_ready_transformer(args.size, args.vocab, depth, math.ceil(math.sqrt(positions)), variant))
 
 
 def time_runs(args: argparse.Namespace, runs: list[SamplingRun]) -> None:

@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.models import matmul_weights, sampling_ready_transformer, sync  # noqa: E402
 from benchmarks.timing import Spread, ratio_spread, seconds_of, time_interleaved  # noqa: E402
 from dnd.tokenizer.rqvae import RQVAE, rqvae_config  # noqa: E402
 from dnd.transformer import SamplingConfig, Transformer, TransformerConfig, code_cross_entropy, sample_sequence  # noqa: E402
@@ -68,11 +69,6 @@ class Row:
     detail: str
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def limits(device: torch.device) -> tuple[float, float] | None:
     if device.type != "cuda":
         return None
@@ -81,17 +77,7 @@ def limits(device: torch.device) -> tuple[float, float] | None:
 
 
 def transformer(sizes: Sizes, variant: str, depth: int, size: str | None = None) -> Transformer:
-    config = TransformerConfig.preset(size or sizes.size, vocab_size=sizes.vocab, depth=depth,
-                                      grid_size=sizes.grid, variant=variant)
-    model = Transformer(config)
-    for head in model.heads:  # zero-initialised heads give flat logits; keep sampling realistic
-        torch.nn.init.normal_(head.output.weight, std=config.initializer_range)
-    return model
-
-
-def matmul_weights(model: Transformer) -> int:
-    """Weights a forward multiplies per token (all but the embedding tables)."""
-    return model.num_params() - model.tok_embeddings.weight.numel() - model.class_embedding.weight.numel()
+    return sampling_ready_transformer(size or sizes.size, sizes.vocab, depth, sizes.grid, variant)
 
 
 def train_step_fn(model: Transformer, sizes: Sizes, device: torch.device, compile: bool, wrapped=None):
