@@ -121,6 +121,14 @@ def cmd_write_demo_digits(args: argparse.Namespace) -> None:
     log.info("wrote the digits image folder to %s", args.out)
 
 
+def cmd_write_demo_glyphs(args: argparse.Namespace) -> None:
+    from dnd.data.glyphs import DemoGlyphsConfig, write_glyph_image_folder
+
+    cfg = DemoGlyphsConfig(**_stage_config(args, "demo.glyphs"))
+    write_glyph_image_folder(Path(args.out), cfg)
+    log.info("wrote %d glyph classes × %d images to %s", len(cfg.classes), cfg.per_class, args.out)
+
+
 def cmd_train_tokenizer(args: argparse.Namespace) -> None:
     from dnd.tokenizer.train import TokenizerSpec, train_tokenizer
 
@@ -148,8 +156,11 @@ def cmd_evaluate_reconstruction(args: argparse.Namespace) -> None:
     tokenizer = None if args.tokenizer == ORIGINAL else Path(args.tokenizer)
     names = {"tokenizer": args.tokenizer_name or (ORIGINAL if tokenizer is None else tokenizer.parent.name),
              "testset": args.testset_name or Path(args.testset).name}
-    work = _work_area(args, "evaluate_reconstruction", f"{names['tokenizer']}-{names['testset']}", raw, [Path(args.testset), *([tokenizer] if tokenizer else [])])
-    run_task("evaluate_reconstruction", partial(evaluate_reconstruction, tokenizer, Path(args.testset), Path(args.out), cfg, names), work)
+    classifier = Path(args.classifier) if args.classifier else None
+    inputs = [Path(args.testset), *([tokenizer] if tokenizer else []), *([classifier] if classifier else [])]
+    work = _work_area(args, "evaluate_reconstruction", f"{names['tokenizer']}-{names['testset']}", raw, inputs)
+    run_task("evaluate_reconstruction", partial(evaluate_reconstruction, tokenizer, Path(args.testset), Path(args.out), cfg, names,
+                                                classifier), work)
 
 
 def cmd_evaluate_vae_reconstruction(args: argparse.Namespace) -> None:
