@@ -5,7 +5,7 @@ metric, and the interval is the central `level` percentile range of the resample
 - FID: the sample features, and the reference features too when the reference statistics come from them
   (a data-set split); statistics precomputed by the ADM evaluator (whole ImageNet training set) stay fixed.
 - IS: the samples' logits, scored over ADM's chunks of 5,000 in the resampled order.
-- Per-image means (reconstruction L2, classifier accuracy on reconstructions): the test images' own values.
+- Per-image means (reconstruction L2, classifier accuracy on reconstructions, rOCR): the test images' own values.
 - Precision / recall: the per-image memberships (sample in the real manifold, real image in the sample
   manifold), the k-NN radii held fixed: a resample with replacement holds duplicates, whose k-NN radius
   would shrink towards 0, so the manifolds are not re-estimated. The interval covers which images were
@@ -23,7 +23,7 @@ import torch
 
 from dnd.metrics.fid import FeatureStats, IS_SPLIT_SIZE, inception_log_probs, inception_score_of_log_probs
 
-METRIC_STREAMS = {"fid": 0, "is": 1, "precision": 2, "recall": 3, "l2": 4, "classifier_acc": 5}
+METRIC_STREAMS = {"fid": 0, "is": 1, "precision": 2, "recall": 3, "l2": 4, "classifier_acc": 5, "rocr": 6}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Table 1: reconstruction of the tokenizers (1a: the class-labelled set; 1b: rOCR on Text256, Text512,
-arXiv512), one row per tokenizer or VAE, `n/a` where a metric cannot run and a `note` saying why."""
+arXiv512, each with its 95 % bootstrap interval over the test images), one row per tokenizer or VAE, `n/a`
+where a metric cannot run and a `note` saying why."""
 
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ def table1b(metrics: list[Path], columns: dict[str, str], notes: dict[str, str])
     for m in load_metrics(metrics):
         row = by_row.setdefault(m["tokenizer"], {"tokenizer": m["tokenizer"]})
         row[columns[m["testset"]]] = fmt(m.get("rocr"), 3)
+        row[f"{columns[m['testset']]}_95ci"] = _interval(m.get("rocr_interval"), 3)
         row.setdefault("ocr_backend", m.get("ocr_backend", NA))
         row.setdefault("n_images", {})[columns[m["testset"]]] = m["n_images"]
         row["auto_note"] = _continuous_note(m)
@@ -89,7 +91,9 @@ def table1b(metrics: list[Path], columns: dict[str, str], notes: dict[str, str])
     references = frame["reference_notes"] if "reference_notes" in frame else [None] * len(frame)
     frame["note"] = [join_notes(notes.get(t, ""), auto, "; ".join(refs) if isinstance(refs, list) else "")
                      for t, auto, refs in zip(frame["tokenizer"], frame["auto_note"], references)]
-    return frame[["tokenizer", *names, "ocr_backend", "n_images", "note"]]
+    intervals = [f"{name}_95ci" for name in names]
+    frame[intervals] = frame.reindex(columns=intervals).fillna(NA)  # a row without a cell in a column
+    return frame[["tokenizer", *names, *intervals, "ocr_backend", "n_images", "note"]]
 
 
 def write_table1(table: str, metrics: list[Path], spec: dict[str, Any], out: Path) -> pd.DataFrame:
