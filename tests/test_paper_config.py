@@ -31,6 +31,10 @@ PAPER = REPO / "config" / "paper.yaml"
 SIZE_KEYS = (
     # counts of articles, pages, images, shards, samples
     "data.wiki_text.max_articles", "data.*.shards", "data.*.splits.test_max_images", "data.arxiv_image.raster.max_pages_per_paper",
+    # image sides (a quarter of the paper's on the class set: 4×4 instead of 16×16 code maps at f = 16)
+    "data.classes.image.size", "data.text_image.render.size", "data.text_image.render.font_size",
+    "data.text_image.render.margin", "data.text256.size", "data.arxiv_image.raster.size",
+    "tokenizers.*.train.resolution",
     "sampling.*.per_class", "sampling.*.n", "sampling.*.batch_size", "sampling.*.shards",
     "ddpm.*.sampling.n", "ddpm.*.sampling.batch_size", "ddpm.*.sampling.num_inference_steps",
     "richtext.max_images", "evaluation.recon.max_images", "evaluation.recon.batch_size", "evaluation.generation.batch_size",
@@ -55,7 +59,8 @@ def toy_overlay(paper: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]
     """The sizes of a run that finishes in minutes on two CPU cores, for every name `paper.yaml` defines."""
     tokenizer = {"model": {"ch": 32, "z_channels": 8, "embed_dim": 8, "codebook_size": 64},
                  "loss": {"disc_filters": 8},  # the paper's disc_start_step 0 stays: the GAN is on from the first step
-                 "train": {"steps": 2, "batch_size": 2, "eval_images": 2, "num_workers": 0, "checkpoint_every": 1, "eval_every": 2}}
+                 "train": {"resolution": 64, "steps": 2, "batch_size": 2, "eval_images": 2, "num_workers": 0,
+                           "checkpoint_every": 1, "eval_every": 2}}
     transformer = {"model": {"dim": 16, "n_head": 2},  # the presets' 48 layers stay: the heads sit after layers 26..47
                    "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 1, "eval_every": 2, "eval_batches": 1}}
     # two per class: six samples, more than precision/recall's k = 3 neighbours
@@ -67,9 +72,12 @@ def toy_overlay(paper: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]
     return {
         "data": {
             "wiki_text": {"dump": inputs["dump"], "max_articles": 3},  # one article each for train, val, test
-            "text_image": {"shards": 2, "splits": {"test_max_images": 16}},  # one article: ~10 pages
-            "arxiv_image": {"pdfs": inputs["pdfs"], "shards": 2, "raster": {"max_pages_per_paper": 2}, "splits": {"test_max_images": 4}},
-            "classes": {"root": inputs["classes"], "test_root": inputs["classes_val"], "shards": 2},
+            # the paper's page at half scale (16×16 code maps at f = 16): the same words on each page
+            "text_image": {"shards": 2, "render": {"size": 256, "font_size": 16, "margin": 10}, "splits": {"test_max_images": 16}},
+            "text256": {"size": 128},
+            "arxiv_image": {"pdfs": inputs["pdfs"], "shards": 2, "raster": {"size": 256, "max_pages_per_paper": 2},
+                            "splits": {"test_max_images": 4}},
+            "classes": {"root": inputs["classes"], "test_root": inputs["classes_val"], "shards": 2, "image": {"size": 64}},
         },
         "tokenizers": {name: tokenizer for name in paper["tokenizers"]},
         "transformers": {name: transformer for name in paper["transformers"]},
