@@ -134,6 +134,8 @@ COMMANDS: list[Stage] = [
            optional("--sampling-name", "sampling name"), required("--out", "output metrics .json")]),
     Stage("make-richtext-table", "Write results/richtext.csv with the PPL-OCR-by-temperature figure and sample grids.",
           c.cmd_make_richtext_table, [TABLE_METRICS, required("--samples", "the samples folders (for the grids figure)", nargs="+"),
+                                      optional("--benchmarks", "the trainings' Snakemake benchmark files (<model>.tsv): "
+                                               "the table's training-time columns", nargs="*"),
                                       OUT_CSV]),
 ]
 

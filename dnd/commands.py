@@ -311,6 +311,7 @@ def cmd_sample_pipeline(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_richtext(args: argparse.Namespace) -> None:
+    from dnd.metrics.bootstrap import BootstrapSettings
     from dnd.stages.richtext import RichTextEvalConfig, evaluate_richtext
 
     raw = _stage_config(args, "richtext")
@@ -322,7 +323,8 @@ def cmd_evaluate_richtext(args: argparse.Namespace) -> None:
     inputs = [p for p in (samples, reference, Path(args.lm)) if p is not None]
     work = _work_area(args, "evaluate_richtext", Path(args.out).stem, raw, inputs)
     run_task("evaluate_richtext", partial(evaluate_richtext, samples, reference, Path(args.lm), Path(args.out),
-                                          cfg.language_model, cfg.ocr, cfg.max_images, names), work)
+                                          cfg.language_model, cfg.ocr, cfg.max_images, names,
+                                          BootstrapSettings(resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed)), work)
 
 
 def cmd_make_richtext_table(args: argparse.Namespace) -> None:
@@ -330,7 +332,8 @@ def cmd_make_richtext_table(args: argparse.Namespace) -> None:
 
     raw = _stage_config(args, "richtext")
     metrics = [Path(m) for m in args.metrics]
-    frame = write_richtext_table(metrics, [Path(s) for s in args.samples], raw, Path(args.out))
+    frame = write_richtext_table(metrics, [Path(s) for s in args.samples], raw, Path(args.out),
+                                 [Path(b) for b in args.benchmarks or []])
     write_provenance(Path(args.out), "make_richtext_table", raw, metrics=[str(m) for m in metrics])
     print(frame.to_string(index=False))
 

@@ -45,7 +45,7 @@ def check_config(config: dict[str, Any], schema: dict[str, Any] | None = None) -
 
 
 # Where each data set's splits are set: text256 is derived from the Text-Image set's splits.
-SPLITS_KEYS = {"text_image": "data.text_image.splits", "text256": "data.text_image.splits",
+SPLITS_KEYS = {"text_image": "data.text_image.splits", "text256": "data.text_image.splits", "text_lines": "data.text_lines.splits",
                "arxiv_image": "data.arxiv_image.splits", "classes": "data.classes.splits"}
 
 

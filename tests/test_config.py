@@ -34,7 +34,8 @@ def test_wrong_type_is_one_line_naming_the_key():
 def test_defaults_are_filled_from_the_schema():
     config = with_defaults({"data": {"wiki_text": {"dump": "x.xml"}, "text_image": {}}})
     assert config["data"]["wiki_text"]["max_words"] == 100
-    assert config["data"]["text_image"]["render"] == {"size": 512, "font_size": 32, "margin": 20, "font": None, "mode": "L"}
+    assert config["data"]["text_image"]["render"] == {"size": 512, "font_size": 32, "margin": 20, "font": None, "mode": "L",
+                                                   "layout": "page"}
     assert config["data"]["text_image"]["splits"]["test_max_images"] == 1000
 
 

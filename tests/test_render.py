@@ -145,3 +145,47 @@ def test_render_stage_counts_and_names_undrawable_characters(tmp_path, caplog):
 
 def layout_text(text: str) -> str:
     return PageLayout(RenderConfig(size=256, font_size=16, margin=8)).drawable(text).text
+
+
+# ---------------------------------------------------------------- the line set (render.layout: line)
+LINE_CFG = RenderConfig(size=64, font_size=16, margin=2, layout="line")
+
+
+def test_line_layout_draws_each_line_centred_with_its_exact_label():
+    layout = PageLayout(LINE_CFG)
+    pages = layout.pages(PROSE[:300])
+    assert all(len(lines) == 1 for lines in pages) and len(pages) > 10
+    assert "".join(lines[0].replace(" ", "") for lines in pages) == PROSE[:300].replace(" ", "")  # every character, in order
+    for lines in pages[:5]:
+        image = layout.draw(lines)
+        assert image.size == (64, 64) and image.mode == "L"
+        left, top, right, bottom = Image.eval(image, lambda v: 255 - v).getbbox()
+        assert left >= 2 and right <= 62 and layout.font.getlength(lines[0]) <= 60
+        assert abs((top + bottom) / 2 - 32) <= 6  # mid-image, not at the top margin
+    assert shards.encode_png(layout.draw(pages[0])) == shards.encode_png(PageLayout(LINE_CFG).draw(pages[0]))
+    with pytest.raises(ValueError, match="render.layout"):
+        RenderConfig(layout="column")
+
+
+def test_line_set_stage_caps_lines_per_chunk_and_is_deterministic(tmp_path):
+    import pyarrow as pa
+
+    from dnd.data.splits import key_hash
+    from dnd.stages.text_image import CHUNK_SCHEMA, TextImageConfig, render_text_images
+
+    chunks = tmp_path / "chunks.parquet"
+    texts = {"Alpha": PROSE[:200], "Beta": PROSE[200:260]}
+    rows = {"title": list(texts), "title_hash": [key_hash(t) for t in texts], "chunk": [0, 0], "text": list(texts.values())}
+    pq.write_table(pa.Table.from_pydict(rows, schema=CHUNK_SCHEMA), chunks)
+    cfg = TextImageConfig(render=LINE_CFG, shards=1, max_images_per_chunk=5,
+                          splits=SplitConfig(val_fraction=0.0, test_fraction=0.0, test_max_images=None))
+    runs = []
+    for run in ("a", "b"):
+        render_text_images(cfg, chunks, tmp_path / run, tmp_path / f"work-{run}")
+        runs.append(list(shards.iter_records(tmp_path / run, "train")))
+    assert runs[0] == runs[1]  # same chunks and config: same bytes
+    lines = PageLayout(LINE_CFG).lines
+    for title, text in texts.items():
+        records = [r for r in runs[0] if r["title"] == title]
+        assert [r["text"] for r in records] == lines(text)[:5]  # the first 5 lines, each label its drawn line
+        assert all(shards.decode_png(r["png"]).size == (64, 64) for r in records)

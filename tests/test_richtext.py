@@ -15,6 +15,7 @@ from dnd.baselines.ddpm import DDPMConfig, train_ddpm
 from dnd.data import shards
 from dnd.data.render import PageLayout, RenderConfig
 from dnd.metrics.adm import write_adm_batch
+from dnd.metrics.bootstrap import BootstrapSettings
 from dnd.metrics.ocr import OCRConfig
 from dnd.metrics.ppl import LMConfig, fit_ngram_on_dataset
 from dnd.baselines.ddpm_samples import sample_ddpm_images
@@ -33,6 +34,7 @@ LAYOUT = PageLayout(RenderConfig(size=128, font_size=14, margin=6))
 # Every word of the tiny corpus is kept in the vocabulary (the default cutoff of 2 would make most of them <UNK>).
 LM_CFG = LMConfig(backend="ngram", unk_cutoff=1)
 OCR_CFG = OCRConfig(backend="rapidocr", threads=1)
+BOOTSTRAP = BootstrapSettings(resamples=200, seed=0)
 
 
 def render(text: str) -> np.ndarray:
@@ -91,10 +93,11 @@ def metrics(text_dataset, lm_path, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, folder in folders.items():
         out[name] = root / f"{name}.json"
-        evaluate_richtext(folder, None, lm_path, out[name], LM_CFG, OCR_CFG, max_images=10, names={"dataset": "text_image"})
+        evaluate_richtext(folder, None, lm_path, out[name], LM_CFG, OCR_CFG, max_images=10, names={"dataset": "text_image"},
+                          bootstrap=BOOTSTRAP)
     out["reference"] = root / "reference.json"
     evaluate_richtext(None, text_dataset, lm_path, out["reference"], LM_CFG, OCR_CFG, max_images=3,
-                      names={"dataset": "text_image"})
+                      names={"dataset": "text_image"}, bootstrap=BOOTSTRAP)
     return out
 
 
@@ -132,7 +135,9 @@ def test_reference_row_reads_the_training_images(metrics):
 
 def test_table_plot_and_grids(metrics, tmp_path):
     paths = [metrics[name] for name in ("prose", "ddpm", "blank", "shuffled", "reference")]
-    frame = richtext_table(paths, notes={"dnd_demo": "demo model"})
+    benchmark = tmp_path / "dnd_demo.tsv"  # a Snakemake benchmark file of the training
+    benchmark.write_text("s\th:m:s\tmax_rss\tcpu_time\n121.5\t0:02:01\t300.0\t118.2\n")
+    frame = richtext_table(paths, notes={"dnd_demo": "demo model"}, benchmarks=[benchmark])
     assert list(frame.columns) == TABLE_COLUMNS
     assert list(frame["model"]) == [REFERENCE_MODEL, "dnd_demo", "dnd_demo", "ddpm_demo", "blank_model"]
     assert list(frame["temperature"]) == ["n/a", "0.1", "1", "n/a", "1"]
@@ -140,8 +145,20 @@ def test_table_plot_and_grids(metrics, tmp_path):
     assert ddpm["sampling"] == "ddpm" and ddpm["PPL_OCR"] != "n/a"
     assert reference["sampling"] == "n/a" and reference["dataset"] == "text_image"
     assert blank["PPL_OCR"] == "n/a" and "PPL-OCR n/a" in blank["note"] and blank["empty_ocr"] == 2
-    assert prose["note"].startswith("demo model") and "1 of 5 images with no OCR text" in prose["note"]
+    assert prose["note"].startswith("demo model") and "over the 4 of 5 images with OCR text (1 read nothing)" in prose["note"]
     assert float(prose["PPL_OCR"]) == pytest.approx(load(metrics["prose"])["ppl_ocr"], abs=0.05)
+    # every cell with its interval and the images it rests on; the blank row still shows words per image
+    low, high = (float(x) for x in prose["PPL_OCR_95ci"].strip("[]").split(","))
+    assert low <= float(prose["PPL_OCR"]) <= high and prose["n_with_text"] == 4 and prose["n_images"] == 5
+    assert blank["PPL_OCR_95ci"] == "n/a" and blank["n_with_text"] == 0
+    assert blank["words_per_image"] == "0.00" and blank["words_per_image_95ci"] == "[0.00, 0.00]"
+    assert (prose["train_s"], prose["train_cpu_s"]) == ("122", "118") and ddpm["train_s"] == "n/a"
+    # an order only where the intervals separate: prose against its own model's lower temperature has none,
+    # shuffled words (T=1) score a higher perplexity than prose (T=0.1), the DDPM row meets every T row
+    shuffled_row = frame.iloc[2]
+    assert prose["comparison"] == "" and reference["comparison"] == ""
+    assert "than dnd_demo T=0.1" in shuffled_row["comparison"] or "no significant difference" in shuffled_row["comparison"]
+    assert "dnd_demo T=0.1" in ddpm["comparison"] and "dnd_demo T=1" in ddpm["comparison"]
 
     plot_ppl_by_temperature(frame, tmp_path / "ppl.png")
     stack_grids([metrics["prose"].parent / "prose", metrics["prose"].parent / "shuffled"], ["t=0.1", "t=1.0"],
@@ -168,3 +185,20 @@ def test_ddpm_samples_use_the_sampler_folder_format(text_dataset, tmp_path):
     assert written["sampling"] == {"temperature": None, "num_inference_steps": 2, "seed": 7}
     assert written["params"] > 0 and written["n_images"] == 3 and written["seconds_per_image"] > 0
     assert (out / "grid.png").is_file() and load(out / "provenance.json")["stage"] == "sample_ddpm_images"
+
+
+def test_comparisons_claim_an_order_only_where_intervals_separate():
+    from dnd.report.richtext import NO_DIFFERENCE, _comparisons
+
+    def row(model, temperature, ppl, ppl_ci, words, words_ci):
+        return {"model": model, "temperature": temperature, "ppl_ocr": ppl, "ppl_ocr_ci": ppl_ci,
+                "words_per_image": words, "words_per_image_ci": words_ci}
+
+    cold = row("ar", 0.1, 40.0, [30.0, 50.0], 1.0, [0.8, 1.2])
+    hot = row("ar", 1.0, 45.0, [35.0, 60.0], 0.5, [0.3, 0.7])
+    ddpm = row("ddpm", None, None, None, 0.0, [0.0, 0.0])
+    rows = [cold, hot, ddpm]
+    assert _comparisons(cold, rows) == ""
+    assert _comparisons(hot, rows) == (f"PPL-OCR vs ar T=0.1: {NO_DIFFERENCE}; "
+                                       "words/image lower than ar T=0.1 (worse, intervals separate)")
+    assert _comparisons(ddpm, rows).startswith("PPL-OCR vs ar T=0.1: n/a; words/image lower than ar T=0.1 (worse")

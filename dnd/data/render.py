@@ -2,6 +2,8 @@
 
 Layout is greedy word wrap at the font's real advance widths; a chunk that does not fit on one page
 continues on the next, so no word is dropped, and each page's ground truth is exactly its drawn lines.
+With `layout: line` every line is an image of its own, centred vertically (short, large text for a
+model trained in minutes); its label is that line.
 
 The label must say what the image shows, so text meets the font first (`PageLayout.drawable`): a word
 holding a character the font has no glyph for (it would be drawn as a box), or one of a script that
@@ -22,6 +24,9 @@ from typing import NamedTuple
 from PIL import Image, ImageDraw, ImageFont
 
 
+LAYOUTS = ("page", "line")
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     size: int = 512  # canvas side in pixels (the paper: 512)
@@ -29,6 +34,13 @@ class RenderConfig:
     margin: int = 20  # blank border on every side, pixels (the paper: 20 pt)
     font: str | None = None  # TTF path; None = DejaVu Sans as shipped with matplotlib
     mode: str = "L"  # "L" (grayscale, 8-bit) or "RGB"; black text on white either way
+    # "page": as many lines as fit, from the top margin down (Text-Image); "line": one line per image,
+    # centred vertically (the demo's rich-text line set: short code sequences a small model can learn)
+    layout: str = "page"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"render.layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
     @property
     def text_width(self) -> int:
@@ -89,7 +101,9 @@ class PageLayout:
         self._char_ok: dict[str, bool] = {" ": True}
         ascent, descent = self.font.getmetrics()
         self.line_height = ascent + descent
-        self.lines_per_page = max(1, (cfg.size - 2 * cfg.margin) // self.line_height)
+        self.lines_per_page = 1 if cfg.layout == "line" else max(1, (cfg.size - 2 * cfg.margin) // self.line_height)
+        # the first line's top: the margin, or (one line per image) centred so the text sits mid-image
+        self.top = (cfg.size - self.line_height) // 2 if cfg.layout == "line" else cfg.margin
         self.space = self.font.getlength(" ")
         self._widths: dict[str, float] = {}
 
@@ -171,5 +185,5 @@ class PageLayout:
         image = Image.new(cfg.mode, (cfg.size, cfg.size), "white")
         draw = ImageDraw.Draw(image)
         for row, line in enumerate(lines):
-            draw.text((cfg.margin, cfg.margin + row * self.line_height), line, fill="black", font=self.font)
+            draw.text((cfg.margin, self.top + row * self.line_height), line, fill="black", font=self.font)
         return image

@@ -10,6 +10,9 @@ metric, and the interval is the central `level` percentile range of the resample
   manifold), the k-NN radii held fixed: a resample with replacement holds duplicates, whose k-NN radius
   would shrink towards 0, so the manifolds are not re-estimated. The interval covers which images were
   evaluated, not the manifold's own estimate.
+- PPL-OCR (`corpus_perplexity_interval`): the images whose OCR read text, with their (NLL, token count);
+  each resample's value is exp(Σ NLL / Σ tokens), the corpus perplexity, as the point estimate is.
+- A per-image mean (`mean_interval`, e.g. OCR words per image): the images.
 Each metric draws from its own generator seeded by (seed, metric), so the intervals are reproducible and
 adding a metric moves no other interval. The point estimates are the full-set values, not resample means.
 """
@@ -23,7 +26,8 @@ import torch
 
 from dnd.metrics.fid import FeatureStats, IS_SPLIT_SIZE, inception_log_probs, inception_score_of_log_probs
 
-METRIC_STREAMS = {"fid": 0, "is": 1, "precision": 2, "recall": 3, "l2": 4, "classifier_acc": 5, "rocr": 6}
+METRIC_STREAMS = {"fid": 0, "is": 1, "precision": 2, "recall": 3, "l2": 4, "classifier_acc": 5, "rocr": 6,
+                  "ppl_ocr": 7, "words_per_image": 8}
 
 
 @dataclass(frozen=True)
@@ -103,11 +107,19 @@ def mean_interval(values: np.ndarray, settings: BootstrapSettings, metric: str) 
     """Interval of the mean of per-image `values` (N,), the images resampled with replacement."""
     rng = _generator(settings, metric)
     values = np.asarray(values, dtype=np.float64)
-    means = [float(values[rng.integers(0, len(values), len(values))].mean()) for _ in range(settings.resamples)]
-    return percentile_interval(means, settings.level)
+    draws = values[rng.integers(0, len(values), (settings.resamples, len(values)))]  # (resamples, N)
+    return percentile_interval(list(draws.mean(axis=1)), settings.level)
 
 
 def fraction_interval(members: np.ndarray, settings: BootstrapSettings, metric: str) -> list[float]:
     """Interval of the share of True in `members` (precision: samples in the real manifold; recall: real
     images in the sample manifold)."""
     return mean_interval(members, settings, metric)
+
+
+def corpus_perplexity_interval(scores: list[tuple[float, int]], settings: BootstrapSettings) -> list[float]:
+    """Interval of exp(Σ NLL / Σ tokens) over per-image (NLL, scored tokens), the images drawn with replacement."""
+    rng = _generator(settings, "ppl_ocr")
+    nll, tokens = (np.asarray(column, dtype=np.float64) for column in zip(*scores))
+    index = rng.integers(0, len(nll), (settings.resamples, len(nll)))
+    return percentile_interval(list(np.exp(nll[index].sum(axis=1) / tokens[index].sum(axis=1))), settings.level)

@@ -53,6 +53,9 @@ class OCRConfig:
     threads: int = 1  # CPU threads per OCR call (onnxruntime intra-op threads, tesseract's OpenMP)
     # rapidocr
     min_text_score: float = 0.5  # drop recognised lines with a lower confidence
+    # the text detector scales the image's shorter side to this many pixels (RapidOCR's Det.limit_side_len,
+    # limit_type min); 736 suits pages, a 64 px line image reads as well at 128 and ~13x faster on CPU
+    det_side: int = 736
     # tesseract
     tesseract_cmd: str = "tesseract"  # program name or path
     tesseract_lang: str = "eng"  # traineddata to use (`-l`)
@@ -103,7 +106,7 @@ class RapidOCRBackend:
 
     name = "rapidocr"
 
-    def __init__(self, threads: int = 1, min_text_score: float = 0.5):
+    def __init__(self, threads: int = 1, min_text_score: float = 0.5, det_side: int = 736):
         import rapidocr  # imported here: only this backend needs it
         from rapidocr import RapidOCR
 
@@ -118,6 +121,7 @@ class RapidOCRBackend:
                 "Global.text_score": min_text_score,
                 # Rendered and generated pages are upright: the 180° classifier would only cost time.
                 "Global.use_cls": False,
+                "Det.limit_side_len": det_side,
                 "Det.model_path": str(det_model),
                 "Rec.model_path": str(rec_model),
                 "EngineConfig.onnxruntime.intra_op_num_threads": threads,
@@ -281,7 +285,7 @@ def check_ocr_backend(cfg: OCRConfig, setting: str) -> None:
 
 def make_ocr_backend(cfg: OCRConfig) -> OCRBackend:
     if cfg.backend == "rapidocr":
-        return RapidOCRBackend(threads=cfg.threads, min_text_score=cfg.min_text_score)
+        return RapidOCRBackend(threads=cfg.threads, min_text_score=cfg.min_text_score, det_side=cfg.det_side)
     if cfg.backend == "tesseract":
         return TesseractBackend(cmd=cfg.tesseract_cmd, lang=cfg.tesseract_lang, threads=cfg.threads)
     if cfg.backend == "vlm":

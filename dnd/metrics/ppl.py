@@ -70,6 +70,10 @@ class LanguageModel(Protocol):
         """exp(total NLL / total scored tokens) over the non-empty texts."""
         ...
 
+    def scores(self, texts: list[str]) -> list[tuple[float, int] | None]:
+        """(total NLL, scored tokens) of each text; None for a text with nothing to score."""
+        ...
+
 
 @dataclass
 class LMConfig:
@@ -176,6 +180,9 @@ class NGramLM:
             nll = self.token_nll(text)
             out.append((math.fsum(nll), len(nll)) if nll else None)
         return out
+
+    def scores(self, texts: list[str]) -> list[tuple[float, int] | None]:
+        return self._scores(texts)
 
     def perplexity(self, texts: list[str]) -> list[float | None]:
         return [None if score is None else math.exp(score[0] / score[1]) for score in self._scores(texts)]
@@ -304,6 +311,9 @@ class HFCausalLM:
             for index, score in zip(batch, self._batch_scores([encoded[i] for i in batch])):
                 out[index] = score
         return out
+
+    def scores(self, texts: list[str]) -> list[tuple[float, int] | None]:
+        return self._scores(texts)
 
     def perplexity(self, texts: list[str]) -> list[float | None]:
         return [None if score is None else math.exp(score[0] / score[1]) for score in self._scores(texts)]

@@ -7,6 +7,10 @@ the score and counted (`empty_ocr`), and `words_per_image` (a mean over every im
 how much text the score rests on: a model that writes little legible text can score a low perplexity on
 the few words that were read.
 
+Uncertainty: 95 % percentile bootstrap intervals over images (`dnd.metrics.bootstrap`): PPL-OCR's over the
+`n_with_text` images whose OCR read text (each resample the corpus perplexity of the images drawn),
+words per image's over all `n_images` images.
+
 The reference row ("training images") runs the same OCR and LM on the first `max_images` images of the
 training split, the best a model can hope for. With the `ngram` language model, fitted on that split's
 own text, the reference is optimistic: the LM has seen those very sentences (the JSON's `note` says so).
@@ -31,6 +35,7 @@ from PIL import Image
 from dnd.atomic import write_json
 from dnd.data.images import to_pil
 from dnd.data.shards import decode_png, iter_records
+from dnd.metrics.bootstrap import BootstrapSettings, corpus_perplexity_interval, mean_interval
 from dnd.metrics.ocr import OCRConfig, check_ocr_backend, make_ocr_backend
 from dnd.metrics.ppl import LanguageModel, LMConfig, count_empty, make_language_model
 from dnd.provenance import file_sha256, record
@@ -54,6 +59,8 @@ class RichTextEvalConfig:
     max_images: int = 250  # OCR'd images per row (the paper: 250)
     language_model: LMConfig = field(default_factory=LMConfig)
     ocr: OCRConfig = field(default_factory=OCRConfig)  # PPL-OCR's own OCR (the paper: the VLM)
+    bootstrap_resamples: int = 1000  # resamples of the images behind each 95 % interval; 0 = no intervals
+    bootstrap_seed: int = 0
 
     TABLE_KEYS = ("runs", "pipelines", "notes")  # the table's, not a row's
 
@@ -105,13 +112,15 @@ def _lm_provenance(lm_cfg: LMConfig, lm_path: Path) -> dict[str, Any]:
 
 
 def evaluate_richtext(samples_dir: Path | None, reference_dataset: Path | None, lm_path: Path, out_json: Path,
-                      lm_cfg: LMConfig, ocr_cfg: OCRConfig, max_images: int, names: dict[str, str]) -> dict[str, Any]:
+                      lm_cfg: LMConfig, ocr_cfg: OCRConfig, max_images: int, names: dict[str, str],
+                      bootstrap: BootstrapSettings | None = None) -> dict[str, Any]:
     """PPL-OCR of the first `max_images` images of `samples_dir`, or, when it is None, of the training split
     of `reference_dataset` (the reference row) → `out_json`.
 
     `lm_path`: the fitted n-gram model (`fit_ngram_on_dataset`; unused by the `hf` backend, which reads
     `lm_cfg.hf_path`). `names`: "dataset" (the data set the model was trained on, for the table), and for
-    samples optionally "model" / "sampling" (default: what summary.json says).
+    samples optionally "model" / "sampling" (default: what summary.json says). `bootstrap`: the intervals'
+    settings (None or 0 resamples: none).
     """
     if (samples_dir is None) == (reference_dataset is None):
         raise ValueError("evaluate_richtext scores either a samples folder or a reference data set: give exactly one")
@@ -151,6 +160,13 @@ def evaluate_richtext(samples_dir: Path | None, reference_dataset: Path | None, 
     per_image = lm.perplexity(texts)
     scored = [p for p in per_image if p is not None]
     ppl = _corpus_perplexity(lm, texts)
+    words = [len(text.split()) for text in texts]
+    bootstrap = bootstrap or BootstrapSettings(resamples=0)
+    with_text = [score for score in lm.scores(texts) if score is not None]
+    intervals = {}
+    if bootstrap.resamples:
+        intervals["words_per_image_ci"] = mean_interval(words, bootstrap, "words_per_image")
+        intervals["ppl_ocr_ci"] = corpus_perplexity_interval(with_text, bootstrap) if with_text else None
     result |= {
         "dataset": names["dataset"],
         "n_images": len(texts),
@@ -159,8 +175,12 @@ def evaluate_richtext(samples_dir: Path | None, reference_dataset: Path | None, 
         "ppl_ocr_definition": PPL_DEFINITION,
         "mean_image_ppl": float(np.mean(scored)) if scored else None,
         "perplexity_per_image": per_image,
-        "words_per_image": float(np.mean([len(text.split()) for text in texts])),
+        "words_per_image": float(np.mean(words)),
         "empty_ocr": count_empty(texts),
+        "n_with_text": len(with_text),  # the images PPL-OCR (and its interval) rests on
+        **intervals,
+        "bootstrap": (f"{bootstrap.level:.0%} percentile bootstrap over images, {bootstrap.resamples} resamples, "
+                      f"seed {bootstrap.seed}") if bootstrap.resamples else None,
         "ocr_backend": backend.name,
         "language_model": lm.name,
         "ocr_examples": texts[:3],

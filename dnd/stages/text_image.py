@@ -100,6 +100,8 @@ class TextImageConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     splits: SplitConfig = field(default_factory=SplitConfig)
     shards: int = 4  # fixed number of shards: the unit of parallelism (processes, array tasks)
+    # keep the first this many images (pages, or lines with render.layout "line") of each chunk; None = all
+    max_images_per_chunk: int | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "TextImageConfig":
@@ -107,6 +109,7 @@ class TextImageConfig:
             render=RenderConfig(**raw.get("render", {})),
             splits=SplitConfig(**raw.get("splits", {})),
             shards=raw.get("shards", cls.shards),
+            max_images_per_chunk=raw.get("max_images_per_chunk"),
         )
 
 
@@ -118,6 +121,12 @@ class ShardTask:
     render: RenderConfig
     out_dir: Path  # <work>/shards: the worker writes <split>/shard-i-of-n.parquet below it
     splits: dict[str, str] | None = None  # title → split; None = only count pages (layout pass)
+    max_images_per_chunk: int | None = None
+
+
+def _chunk_pages(task: ShardTask, layout: PageLayout, text: str) -> list[list[str]]:
+    """The lines of each image drawn from one chunk, the first `max_images_per_chunk` of them."""
+    return layout.pages(text)[: task.max_images_per_chunk]
 
 
 def _read_shard_chunks(task: ShardTask) -> list[dict[str, Any]]:
@@ -149,7 +158,7 @@ def count_shard_pages(task: ShardTask) -> dict[str, int]:
     layout = PageLayout(task.render)
     counts: Counter = Counter()
     for row, text in _drawable_chunks(task, layout, Counter()):
-        counts[row["title"]] += len(layout.pages(text))
+        counts[row["title"]] += len(_chunk_pages(task, layout, text))
     return dict(counts)
 
 
@@ -167,7 +176,7 @@ def render_shard(task: ShardTask) -> dict[str, int]:
     per_split: dict[str, list[dict[str, Any]]] = {split: [] for split in shards.SPLITS}
     for row, text in _drawable_chunks(task, layout, stats):
         split = task.splits[row["title"]]
-        for page_index, lines in enumerate(layout.pages(text)):
+        for page_index, lines in enumerate(_chunk_pages(task, layout, text)):
             per_split[split].append(
                 {
                     "id": f"{row['title_hash']:016x}-{row['chunk']:04d}-{page_index:02d}",
@@ -187,7 +196,8 @@ def render_shard(task: ShardTask) -> dict[str, int]:
 def render_text_images(cfg: TextImageConfig, chunks: Path, out_dir: Path, work_dir: Path) -> dict[str, int]:
     font = resolve_font_path(cfg.render.font)
     shard_dir = work_dir / "shards"
-    base = dict(chunks=Path(chunks), count=cfg.shards, render=cfg.render, out_dir=shard_dir)
+    base = dict(chunks=Path(chunks), count=cfg.shards, render=cfg.render, out_dir=shard_dir,
+                max_images_per_chunk=cfg.max_images_per_chunk)
     page_counts: dict[str, int] = {}
     for counts in map_shards("render_text_images", count_shard_pages, [ShardTask(index=i, **base) for i in range(cfg.shards)], work_dir):
         page_counts.update(counts)
@@ -203,6 +213,7 @@ def render_text_images(cfg: TextImageConfig, chunks: Path, out_dir: Path, work_d
     articles = Counter(splits.values())
     manifest = {
         "dataset": "text_image",
+        "layout": cfg.render.layout,
         "shards": cfg.shards,
         "images": images,
         "articles": {split: articles.get(split, 0) for split in shards.SPLITS},

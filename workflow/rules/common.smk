@@ -60,6 +60,7 @@ DATASETS = {
     "arxiv_image": "results/data/arxiv_image",
     "classes": "results/data/classes",
     "text256": "results/data/text256",
+    "text_lines": "results/data/text_lines",
 }
 TESTSETS = {
     "text256": "results/data/text256",
@@ -268,7 +269,7 @@ def richtext_dataset(wildcards=None):
 
 # What scoring one row of the rich-text table depends on: not the list of rows, the notes or the
 # pipelines (adding a row or a pipeline, or editing a note, reruns no other row's OCR and LM).
-RICHTEXT_EVAL_KEYS = ("dataset", "max_images", "language_model", "ocr")
+RICHTEXT_EVAL_KEYS = ("dataset", "max_images", "language_model", "ocr", "bootstrap_resamples", "bootstrap_seed")
 
 
 def richtext_eval_params():
@@ -301,6 +302,14 @@ def richtext_runs():
 
 def richtext_metrics(wildcards=None):
     return [f"results/metrics/richtext/{model}/{sampling}.json" for model, sampling in richtext_runs()]
+
+
+def richtext_train_benchmarks(wildcards=None):
+    """Benchmark files of the trainings behind the table's rows (its training-time columns): trained
+    transformers and DDPMs; the authors' checkpoints and pipelines have none."""
+    models = dict.fromkeys(model for model, _ in richtext_runs())
+    return [f"results/benchmarks/train_transformer/{m}.tsv" for m in models if m in trained("transformers")] + [
+        f"results/benchmarks/train_ddpm/{m}.tsv" for m in models if m in config.get("ddpm", {})]
 
 
 def richtext_samples(wildcards=None):

@@ -38,6 +38,25 @@ rule render_text_images:
         "DND_WORKERS={threads} dnd render-text-images --code-version {params.code} --params {params.cfg} --chunks {input.chunks} --out {output.images} > {log} 2>&1"
 
 
+rule render_text_lines:
+    input:
+        chunks=rules.extract_wiki_text.output.chunks,
+    output:
+        images=directory("results/data/text_lines"),
+    params:
+        cfg=stage_params("data.text_lines"),
+        code=command_code_version("render-text-images"),
+    log:
+        "logs/render_text_lines.log",
+    benchmark:
+        "results/benchmarks/render_text_lines.tsv"
+    threads: 1
+    conda:
+        "../../envs/dnd.yaml"
+    shell:
+        "DND_WORKERS={threads} dnd render-text-images --code-version {params.code} --params {params.cfg} --chunks {input.chunks} --out {output.images} > {log} 2>&1"
+
+
 rule make_text256:
     input:
         images=rules.render_text_images.output.images,

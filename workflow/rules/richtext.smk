@@ -16,6 +16,8 @@ rule fit_language_model:
         code=command_code_version("fit-language-model"),
     log:
         "logs/fit_language_model.log",
+    benchmark:
+        "results/benchmarks/fit_language_model.tsv"
     threads: 1
     conda:
         "../../envs/dnd.yaml"
@@ -56,6 +58,8 @@ rule sample_ddpm:
         code=command_code_version("sample-ddpm"),
     log:
         "logs/sample_ddpm/{ddpm}.log",
+    benchmark:
+        "results/benchmarks/sample_ddpm/{ddpm}.tsv"
     threads: 1
     resources:
         gpu=1,
@@ -97,6 +101,8 @@ rule evaluate_richtext:
         code=command_code_version("evaluate-richtext"),
     log:
         "logs/evaluate_richtext/{model}/{sampling}.log",
+    benchmark:
+        "results/benchmarks/evaluate_richtext/{model}/{sampling}.tsv"
     threads: 1
     conda:
         "../../envs/dnd.yaml"
@@ -117,6 +123,8 @@ rule evaluate_richtext_reference:
         code=command_code_version("evaluate-richtext"),
     log:
         "logs/evaluate_richtext/reference.log",
+    benchmark:
+        "results/benchmarks/evaluate_richtext/reference.tsv"
     threads: 1
     conda:
         "../../envs/dnd.yaml"
@@ -130,6 +138,7 @@ rule make_richtext_table:
         reference=rules.evaluate_richtext_reference.output.metrics,
         metrics=richtext_metrics,
         samples=richtext_samples,
+        benchmarks=richtext_train_benchmarks,
     output:
         table=report("results/richtext.csv", caption="../report/richtext.rst", category="Rich text"),
         plot=report("results/richtext.png", caption="../report/richtext.rst", category="Rich text"),
@@ -143,4 +152,4 @@ rule make_richtext_table:
         "../../envs/dnd.yaml"
     shell:
         "dnd make-richtext-table --code-version {params.code} --params {params.cfg} --metrics {input.reference} {input.metrics}"
-        " --samples {input.samples} --out {output.table} > {log} 2>&1"
+        " --samples {input.samples} --benchmarks {input.benchmarks} --out {output.table} > {log} 2>&1"
