@@ -314,3 +314,32 @@ def test_the_classifier_streams_its_training_set(tmp_path):
     assert peaks["large", "in_memory"] > 10 * peaks["small", "in_memory"]  # the control: memory ∝ set size
     assert peaks["large", "classifier"] < 1.5 * peaks["small", "classifier"], peaks
     assert peaks["large", "classifier"] < peaks["large", "in_memory"] / 5, peaks
+
+
+def test_classifier_feature_metrics_use_the_fid_code_on_the_test_split(digits, classifier_path, tmp_path):
+    """The classifier-feature Fréchet distance: ≈ 0 for the real test split itself, larger for a shifted set;
+    precision/recall and every interval (the accuracy's too) are there, named apart from FID."""
+    reference = tmp_path / "reference.npz"
+    compute_reference(digits, reference, ReferenceConfig(inception_weights=None))
+    images, labels = split_images(digits, "test")
+    classifier = load_classifier(classifier_path)
+    assert classifier.summary["test_features"].shape == (len(images), 4 * FAST_CLASSIFIER.width)
+    cfg = GenEvalConfig(bootstrap_resamples=20)
+    same = evaluate_generation(write_samples(tmp_path / "same", images, labels), reference, classifier_path,
+                               tmp_path / "same.json", cfg)
+    assert same["fid"] is None and same["classifier_fd"] == pytest.approx(0.0, abs=1e-3)
+    assert same["classifier_precision"] == same["classifier_recall"] == 1.0
+    assert same["classifier_feature_dim"] == 32 and same["classifier_n_reference"] == len(images)
+    shifted = np.clip(images.astype(int) + 80, 0, 255).astype(np.uint8)  # a brighter background
+    far = evaluate_generation(write_samples(tmp_path / "far", shifted, labels), reference, classifier_path,
+                              tmp_path / "far.json", cfg)
+    assert far["classifier_fd"] > 10 * max(same["classifier_fd"], 1e-3) and far["classifier_fd"] > 0.1
+    low, high = far["classifier_intervals"]["classifier_fd"]
+    assert low <= far["classifier_fd"] <= high or low > 0  # a resampled reference: the interval may not hold the point
+    acc_low, acc_high = far["classifier_intervals"]["classifier_accuracy"]
+    assert acc_low <= far["classifier"]["accuracy"] <= acc_high
+    # no more samples than feature dimensions: the distance is n/a with its reason, precision/recall remain
+    few = evaluate_generation(write_samples(tmp_path / "few", images[:20], labels[:20]), reference, classifier_path,
+                              tmp_path / "few.json", cfg)
+    assert few["classifier_fd"] is None and "32 feature dimensions" in few["classifier_fd_na_reason"]
+    assert few["classifier_precision"] is not None

@@ -22,7 +22,9 @@ import torch
 
 from dnd.metrics.fid import FeatureStats, IS_SPLIT_SIZE, inception_log_probs, inception_score_of_log_probs
 
-METRIC_STREAMS = {"fid": 0, "is": 1, "precision": 2, "recall": 3}
+# The demo classifier's feature-space metrics (and its accuracy) draw from streams of their own.
+METRIC_STREAMS = {"fid": 0, "is": 1, "precision": 2, "recall": 3, "classifier_fd": 4, "classifier_precision": 5,
+                  "classifier_recall": 6, "classifier_accuracy": 7}
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,11 @@ def frechet_distance_psd(mu_a: torch.Tensor, sigma_a: torch.Tensor, mu_b: torch.
 
 
 def fid_interval(sample_feats: np.ndarray, reference: FeatureStats, reference_feats: np.ndarray | None,
-                 settings: BootstrapSettings, device: str = "cpu") -> list[float]:
-    """Interval of the FID of `sample_feats` (N, D) against `reference`; `reference_feats` given = the
-    reference statistics are theirs and are resampled too."""
-    rng = _generator(settings, "fid")
+                 settings: BootstrapSettings, device: str = "cpu", metric: str = "fid") -> list[float]:
+    """Interval of the Fréchet distance of `sample_feats` (N, D) against `reference` (FID, or `metric` in
+    another network's features); `reference_feats` given = the reference statistics are theirs and are
+    resampled too."""
+    rng = _generator(settings, metric)
     samples = torch.as_tensor(np.asarray(sample_feats), dtype=torch.float64, device=device)
     ref_feats = None if reference_feats is None else torch.as_tensor(np.asarray(reference_feats), dtype=torch.float64, device=device)
     mu_ref = torch.as_tensor(reference.mu, dtype=torch.float64, device=device)
