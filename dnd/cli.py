@@ -60,6 +60,8 @@ COMMANDS: list[Stage] = [
           c.cmd_write_demo_pdfs, [required("--out", "output folder of PDFs")]),
     Stage("write-demo-digits", "Write scikit-learn's bundled digits as an ImageFolder tree (the demo's labelled set).",
           c.cmd_write_demo_digits, [required("--out", "output ImageFolder root")]),
+    Stage("write-demo-glyphs", "Render confusable capital letters in matplotlib's fonts as an ImageFolder tree (the demo's labelled set).",
+          c.cmd_write_demo_glyphs, [required("--out", "output ImageFolder root")]),
     # ---- tokenizers and Table 1
     Stage("train-tokenizer", "Train an RQ-VAE tokenizer (resumable: checkpoints in the work area, resume on rerun).",
           c.cmd_train_tokenizer, [NAME, required("--datasets", "image data set folders (train split; val for validation)", nargs="+"),

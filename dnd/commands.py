@@ -121,6 +121,14 @@ def cmd_write_demo_digits(args: argparse.Namespace) -> None:
     log.info("wrote the digits image folder to %s", args.out)
 
 
+def cmd_write_demo_glyphs(args: argparse.Namespace) -> None:
+    from dnd.data.glyphs import DemoGlyphsConfig, write_glyph_image_folder
+
+    cfg = DemoGlyphsConfig(**_stage_config(args, "demo.glyphs"))
+    write_glyph_image_folder(Path(args.out), cfg)
+    log.info("wrote %d glyph classes × %d images to %s", len(cfg.classes), cfg.per_class, args.out)
+
+
 def cmd_train_tokenizer(args: argparse.Namespace) -> None:
     from dnd.tokenizer.train import TokenizerSpec, train_tokenizer
 

@@ -11,6 +11,7 @@ import pytest
 from dnd.baselines.ddpm import DDPMConfig, DDPMSamplingConfig
 from dnd.config import load_schema
 from dnd.data.demo_pdfs import DemoPdfsConfig
+from dnd.data.glyphs import DemoGlyphsConfig
 from dnd.data.labelled import DemoDigitsConfig, LabelledConfig
 from dnd.data.pdf import RasterConfig
 from dnd.data.render import RenderConfig
@@ -47,6 +48,7 @@ STAGES = [
     ("data.classes.image", [LabelledConfig], {}, {}),
     ("demo.pdfs", [DemoPdfsConfig], {}, {}),
     ("demo.digits", [DemoDigitsConfig], {}, {}),
+    ("demo.glyphs", [DemoGlyphsConfig], {}, {}),
     ("$defs.splits", [SplitConfig], {}, {}),
     ("tokenizers.*.model", [RQVAEConfig], {"preset": "names an RQ-VAE preset the other keys override"}, {}),
     ("tokenizers.*.loss", [TokenizerLossConfig], {}, {}),

@@ -107,6 +107,22 @@ rule write_demo_digits:
         "dnd write-demo-digits --code-version {params.code} --params {params.cfg} --out {output.root} > {log} 2>&1"
 
 
+rule write_demo_glyphs:
+    output:
+        root=directory("results/demo/glyphs"),
+    params:
+        cfg=stage_params("demo.glyphs"),
+        code=command_code_version("write-demo-glyphs"),
+    log:
+        "logs/write_demo_glyphs.log",
+    benchmark:
+        "results/benchmarks/write_demo_glyphs.tsv"
+    conda:
+        "../../envs/dnd.yaml"
+    shell:
+        "dnd write-demo-glyphs --code-version {params.code} --params {params.cfg} --out {output.root} > {log} 2>&1"
+
+
 rule prepare_images:
     input:
         root=config["data"]["classes"]["root"],
