@@ -9,6 +9,9 @@ metric, and the interval is the central `level` percentile range of the resample
   manifold), the k-NN radii held fixed: a resample with replacement holds duplicates, whose k-NN radius
   would shrink towards 0, so the manifolds are not re-estimated. The interval covers which images were
   evaluated, not the manifold's own estimate.
+The same functions give the intervals of the demo classifier's feature-space metrics (`classifier_fd`,
+`classifier_precision`, `classifier_recall`: FID's code in that network's features) and of its accuracy
+(`fraction_interval` over each sample's hit or miss).
 Each metric draws from its own generator seeded by (seed, metric), so the intervals are reproducible and
 adding a metric moves no other interval. The point estimates are the full-set values, not resample means.
 """

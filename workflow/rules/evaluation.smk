@@ -50,6 +50,8 @@ rule evaluate_generation:
         code=command_code_version("evaluate-generation"),
     log:
         "logs/evaluate_generation/{model}/{sampling}.log",
+    benchmark:
+        "results/benchmarks/evaluate_generation/{model}/{sampling}.tsv"
     threads: 1
     conda:
         "../../envs/dnd.yaml"
