@@ -173,6 +173,12 @@ def test_ema_training_keeps_raw_and_ema_weights_each_chosen_by_its_own_validatio
     assert last["step"] == 7 and [row["step"] for row in last["val_history"]] == [3, 6]
     train_transformer(spec, codes_dir, tmp_path / "resumed" / "model.pt", tmp_path / "resumed-work")
     assert (tmp_path / "resumed" / "val_history.csv").read_text() == (tmp_path / "val_history.csv").read_text()
+    # the report's long table and figure (one panel per variant, one line per depth)
+    from dnd.report.training_curves import write_val_loss
+
+    curves = write_val_loss({"dnd": ("t", tmp_path / "val_history.csv")}, tmp_path / "val_loss.csv")
+    assert set(curves["weights"]) == {"raw", "ema"} and set(curves["depth"]) == {"all", "1", "2"} and len(curves) == 4 * 6
+    assert (tmp_path / "val_loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_sampling_weights_raw_samples_the_raw_weights_and_ema_the_ema_weights(trained, tokenizer, tmp_path):
