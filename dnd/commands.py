@@ -267,6 +267,7 @@ def cmd_make_generation_table(args: argparse.Namespace) -> None:
 
 
 def cmd_plot_val_loss(args: argparse.Namespace) -> None:
+    from dnd.report.generation import VARIANT_ORDER
     from dnd.report.training_curves import write_val_loss
 
     spec = _stage_config(args, "tables.table3")
@@ -275,7 +276,8 @@ def cmd_plot_val_loss(args: argparse.Namespace) -> None:
     unknown = sorted(set(paths) - set(variant_of))
     if unknown:
         raise ConfigError(f"validation histories of models that are not in tables.table3.models: {unknown}")
-    histories = {variant: (model, paths[model]) for variant, model in spec["models"].items() if model in paths}
+    order = [v for v in VARIANT_ORDER if v in spec["models"]] + [v for v in spec["models"] if v not in VARIANT_ORDER]
+    histories = {v: (spec["models"][v], paths[spec["models"][v]]) for v in order if spec["models"][v] in paths}
     table = write_val_loss(histories, Path(args.out))
     write_provenance(Path(args.out), "plot_val_loss", spec, histories={v: str(p) for v, (_, p) in histories.items()})
     print(table.groupby(["variant", "weights", "depth"])["loss"].agg(["first", "last", "min"]).to_string())
