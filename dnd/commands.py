@@ -267,7 +267,7 @@ def cmd_make_generation_table(args: argparse.Namespace) -> None:
 
 
 def cmd_plot_val_loss(args: argparse.Namespace) -> None:
-    from dnd.report.generation import VARIANT_ORDER
+    from dnd.report.common import VARIANT_ORDER
     from dnd.report.training_curves import write_val_loss
 
     spec = _stage_config(args, "tables.table3")

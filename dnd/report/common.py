@@ -12,6 +12,7 @@ import pandas as pd
 from dnd.atomic import atomic_path
 
 NA = "n/a"  # a cell whose metric could not be computed; the row's note says why
+VARIANT_ORDER = ("1d", "parallel", "vertical", "dnd")  # the paper's Table 3 row order (its table and figures)
 
 
 def load_metrics(paths: Sequence[Path]) -> list[dict[str, Any]]:

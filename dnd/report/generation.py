@@ -18,9 +18,8 @@ from typing import Any, Sequence
 import pandas as pd
 
 from dnd.metrics.inception import WEIGHTS_SETTING
-from dnd.report.common import NA, fmt, fmt_setting, join_notes, load_metrics, plot_bars, pyplot, save_figure, write_csv
+from dnd.report.common import NA, VARIANT_ORDER, fmt, fmt_setting, join_notes, load_metrics, plot_bars, pyplot, save_figure, write_csv
 
-VARIANT_ORDER = ("1d", "parallel", "vertical", "dnd")  # the paper's Table 3 row order
 # Table 3 of the paper, best first by FID (2.58 / 3.18 / 4.12 / 6.32; IS ranks them the same way).
 PAPER_ORDER = ("dnd", "vertical", "1d", "parallel")
 CLASSIFIER_ACC = "demo_classifier_acc"
