@@ -156,8 +156,11 @@ def cmd_evaluate_reconstruction(args: argparse.Namespace) -> None:
     tokenizer = None if args.tokenizer == ORIGINAL else Path(args.tokenizer)
     names = {"tokenizer": args.tokenizer_name or (ORIGINAL if tokenizer is None else tokenizer.parent.name),
              "testset": args.testset_name or Path(args.testset).name}
-    work = _work_area(args, "evaluate_reconstruction", f"{names['tokenizer']}-{names['testset']}", raw, [Path(args.testset), *([tokenizer] if tokenizer else [])])
-    run_task("evaluate_reconstruction", partial(evaluate_reconstruction, tokenizer, Path(args.testset), Path(args.out), cfg, names), work)
+    classifier = Path(args.classifier) if args.classifier else None
+    inputs = [Path(args.testset), *([tokenizer] if tokenizer else []), *([classifier] if classifier else [])]
+    work = _work_area(args, "evaluate_reconstruction", f"{names['tokenizer']}-{names['testset']}", raw, inputs)
+    run_task("evaluate_reconstruction", partial(evaluate_reconstruction, tokenizer, Path(args.testset), Path(args.out), cfg, names,
+                                                classifier), work)
 
 
 def cmd_evaluate_vae_reconstruction(args: argparse.Namespace) -> None:

@@ -93,6 +93,47 @@ def test_classifier_beats_chance_on_real_images_and_is_deterministic(digits, cla
         classifier_scores(classifier, np.zeros((2, 8, 8, 1), np.uint8), np.zeros(2))
 
 
+def test_table1a_scores_reconstructions_with_the_classifier(digits, classifier_path, tmp_path):
+    """Table 1a's classifier column: accuracy on the reconstructions with its interval over the test images;
+    the identity scores as the originals, a blank reconstruction near chance; n/a with the reason elsewhere."""
+    from dnd.data.images import ImageShardDataset
+    from dnd.report import table1
+    from dnd.stages.recon import ReconBatch, ReconEvalConfig, classifier_metrics, image_bootstrap, measure_reconstruction
+
+    cfg = ReconEvalConfig(max_images=None, batch_size=16, bootstrap_resamples=200)
+    data = ImageShardDataset([digits], "test", 1, resolution=None, columns=("id", "text", "label"))
+    rows = {
+        "identity": lambda batch, grid: ReconBatch(batch),
+        "blank": lambda batch, grid: ReconBatch(torch.full_like(batch, -1.0)),
+    }
+    for name, reconstruct in rows.items():
+        metrics = measure_reconstruction(reconstruct, data, 16, torch.device("cpu"), None, cfg, tmp_path / f"{name}.json",
+                                         classifier_path)
+        (tmp_path / f"{name}.json").write_text(json.dumps({"tokenizer": name, "testset": "classes", **metrics}))
+        assert metrics["classifier_n"] == metrics["n_images"] == len(data)
+        low, high = metrics["classifier_acc_interval"]
+        assert low <= metrics["classifier_acc"] <= high and metrics["l2_interval"][0] <= metrics["l2"] <= metrics["l2_interval"][1]
+        if name == "identity":
+            assert metrics["classifier_acc"] == metrics["classifier_acc_originals"] > 0.6 and metrics["l2_interval"] == [0.0, 0.0]
+        else:
+            assert metrics["classifier_acc"] <= 0.2 and low < high
+    frame = table1.table1a([tmp_path / "identity.json", tmp_path / "blank.json"], {}).set_index("tokenizer")
+    assert frame.loc["identity", "classifier_acc"] == frame.loc["identity", "classifier_acc_originals"]
+    assert frame.loc["blank", "classifier_acc_95ci"].startswith("[") and frame.loc["blank", "L2_95ci"].startswith("[")
+    assert "classifier accuracy" not in frame.loc["blank", "note"]
+    # n/a with the reason: no classifier given, or a test set without labels
+    unlabelled = ImageShardDataset([digits], "test", 1, resolution=None)
+    images = np.zeros((len(data), 16, 16, 1), np.uint8)
+    bootstrap = image_bootstrap(cfg)
+    assert "demo_classifier" in classifier_metrics(images, images, data, None, bootstrap)["classifier_acc_na_reason"]
+    na = classifier_metrics(images, images, unlabelled, classifier_path, bootstrap)
+    assert na == {"classifier_acc": None, "classifier_acc_na_reason": "the test set has no class labels"}
+    (tmp_path / "text.json").write_text(json.dumps({"tokenizer": "text", "testset": "t", "n_images": 2, "l2": 0.1, **na}))
+    row = table1.table1a([tmp_path / "text.json"], {}).iloc[0]
+    assert row["classifier_acc"] == row["classifier_acc_95ci"] == row["L2_95ci"] == "n/a"
+    assert "classifier accuracy n/a: the test set has no class labels" in row["note"]
+
+
 def test_reference_without_weights_records_the_reason(digits, tmp_path):
     out = tmp_path / "reference.npz"
     summary = compute_reference(digits, out, ReferenceConfig(inception_weights=None))

@@ -90,7 +90,7 @@ def test_table1_is_written(micro_run):
     workdir, config = micro_run
     table1a = pd.read_csv(workdir / "results" / "table1a.csv", keep_default_na=False)
     assert list(table1a["tokenizer"]) == config["tables"]["table1a"]["rows"]
-    assert {"rFID", "L2", "code_usage", "code_usage_per_depth"} <= set(table1a.columns)
+    assert {"rFID", "L2", "L2_95ci", "classifier_acc", "classifier_acc_95ci", "code_usage", "code_usage_per_depth"} <= set(table1a.columns)
     assert table1a["rFID"].tolist() == ["n/a"]  # no Inception weights in the micro config
     table1b = pd.read_csv(workdir / "results" / "table1b.csv", keep_default_na=False)
     assert list(table1b["tokenizer"]) == config["tables"]["table1b"]["rows"]
@@ -230,9 +230,10 @@ def _dry_run_with(workdir: Path, config: dict, *keys_and_value) -> subprocess.Co
         (("richtext", "pipelines", {"sdxl_ft": {"path": "/models/sdxl-textimage"}}),
          {"sample_pipeline", "evaluate_richtext", "make_richtext_table"}),
         (("launch", "workers", 1), set()),
-        # the tables no longer ask for the demo classifier's metric: the generation metrics are recomputed without
-        # it, and train_classifier is not asked for
-        (("evaluation", "generation", "demo_classifier", False), {"evaluate_generation", "make_table2", "make_table3"}),
+        # the tables no longer ask for the demo classifier's metric: the generation metrics and Table 1a's cells on
+        # the class-labelled set are recomputed without it, and train_classifier is not asked for
+        (("evaluation", "generation", "demo_classifier", False),
+         {"evaluate_generation", "make_table2", "make_table3", "evaluate_reconstruction", "make_table1a"}),
     ],
 )
 def test_config_edit_reruns_only_that_stage_and_what_follows(micro_run, edit, expected):

@@ -5,6 +5,7 @@ metric, and the interval is the central `level` percentile range of the resample
 - FID: the sample features, and the reference features too when the reference statistics come from them
   (a data-set split); statistics precomputed by the ADM evaluator (whole ImageNet training set) stay fixed.
 - IS: the samples' logits, scored over ADM's chunks of 5,000 in the resampled order.
+- Per-image means (reconstruction L2, classifier accuracy on reconstructions): the test images' own values.
 - Precision / recall: the per-image memberships (sample in the real manifold, real image in the sample
   manifold), the k-NN radii held fixed: a resample with replacement holds duplicates, whose k-NN radius
   would shrink towards 0, so the manifolds are not re-estimated. The interval covers which images were
@@ -25,9 +26,10 @@ import torch
 
 from dnd.metrics.fid import FeatureStats, IS_SPLIT_SIZE, inception_log_probs, inception_score_of_log_probs
 
-# The demo classifier's feature-space metrics (and its accuracy) draw from streams of their own.
-METRIC_STREAMS = {"fid": 0, "is": 1, "precision": 2, "recall": 3, "classifier_fd": 4, "classifier_precision": 5,
-                  "classifier_recall": 6, "classifier_accuracy": 7}
+# Table 1a's L2 and classifier accuracy, and the demo classifier's feature-space metrics of Tables 2 and 3
+# (and its accuracy on samples), draw from streams of their own.
+METRIC_STREAMS = {"fid": 0, "is": 1, "precision": 2, "recall": 3, "l2": 4, "classifier_acc": 5, "classifier_fd": 6,
+                  "classifier_precision": 7, "classifier_recall": 8, "classifier_accuracy": 9}
 
 
 @dataclass(frozen=True)
@@ -104,10 +106,15 @@ def is_interval(logits: np.ndarray, settings: BootstrapSettings, split_size: int
     return percentile_interval(values, settings.level)
 
 
+def mean_interval(values: np.ndarray, settings: BootstrapSettings, metric: str) -> list[float]:
+    """Interval of the mean of per-image `values` (N,), the images resampled with replacement."""
+    rng = _generator(settings, metric)
+    values = np.asarray(values, dtype=np.float64)
+    means = [float(values[rng.integers(0, len(values), len(values))].mean()) for _ in range(settings.resamples)]
+    return percentile_interval(means, settings.level)
+
+
 def fraction_interval(members: np.ndarray, settings: BootstrapSettings, metric: str) -> list[float]:
     """Interval of the share of True in `members` (precision: samples in the real manifold; recall: real
     images in the sample manifold)."""
-    rng = _generator(settings, metric)
-    members = np.asarray(members, dtype=np.float64)
-    values = [float(members[rng.integers(0, len(members), len(members))].mean()) for _ in range(settings.resamples)]
-    return percentile_interval(values, settings.level)
+    return mean_interval(members, settings, metric)

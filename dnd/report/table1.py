@@ -30,12 +30,20 @@ def _rfid_note(m: dict[str, Any]) -> str:
     return RFID_NA if not reason or "inception_weights" in reason else f"rFID n/a: {reason}"
 
 
+def _classifier_note(m: dict[str, Any]) -> str:
+    if m.get("classifier_acc") is not None:
+        return ""
+    return f"classifier accuracy n/a: {m.get('classifier_acc_na_reason') or 'not measured by this evaluation'}"
+
+
 def _interval(interval: list[float] | None, digits: int) -> str:
     return NA if interval is None else f"[{fmt(interval[0], digits)}, {fmt(interval[1], digits)}]"
 
 
 def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
-    """Rows: tokenizers on the class-labelled test set; rFID, L2, code usage (mean and per depth)."""
+    """Rows: tokenizers on the class-labelled test set; rFID, L2, the demo classifier's accuracy on the
+    reconstructions (and on the same original images, its ceiling), code usage (mean and per depth). L2 and the
+    accuracy carry 95 % bootstrap intervals over the `n_images` test images."""
     rows = []
     for m in load_metrics(metrics):
         usage = m.get("code_usage") or []
@@ -47,6 +55,10 @@ def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
             "rFID": fmt(m.get("rfid"), 2),
             "rFID_95ci": _interval(m.get("rfid_interval"), 2),
             "L2": fmt(m["l2"]),
+            "L2_95ci": _interval(m.get("l2_interval"), 4),
+            "classifier_acc": fmt(m.get("classifier_acc"), 3),
+            "classifier_acc_95ci": _interval(m.get("classifier_acc_interval"), 3),
+            "classifier_acc_originals": fmt(m.get("classifier_acc_originals"), 3),
             "code_usage": fmt(sum(usage) / len(usage) if usage else None, 3),
             "code_usage_per_depth": "/".join(f"{u:.2f}" for u in usage) or NA,
             "code_entropy_bits_per_depth": "/".join(f"{e:.2f}" for e in m.get("code_entropy_bits", [])) or NA,
@@ -54,7 +66,7 @@ def table1a(metrics: list[Path], notes: dict[str, str]) -> pd.DataFrame:
             # rFID's reference is the test images themselves (originals vs their reconstructions)
             "n_reference": m.get("rfid_n_reference", NA),
             "paper_protocol": m.get("rfid_paper_protocol", NA),
-            "note": join_notes(notes.get(m["tokenizer"], ""), _continuous_note(m), _rfid_note(m)),
+            "note": join_notes(notes.get(m["tokenizer"], ""), _continuous_note(m), _rfid_note(m), _classifier_note(m)),
         })
     return pd.DataFrame(rows)
 
@@ -86,7 +98,8 @@ def write_table1(table: str, metrics: list[Path], spec: dict[str, Any], out: Pat
     notes = spec.get("notes", {})
     if table == "table1a":
         frame = table1a(metrics, notes)
-        plot_bars(frame, "tokenizer", ["L2", "code_usage"], "Table 1a: reconstruction on the class-labelled test set", "value", out.with_suffix(".png"))
+        plot_bars(frame, "tokenizer", ["L2", "classifier_acc", "code_usage"], "Table 1a: reconstruction on the class-labelled test set",
+                  "value", out.with_suffix(".png"))
     else:
         frame = table1b(metrics, spec["columns"], notes)
         plot_bars(frame, "tokenizer", [c for c in frame.columns if c in spec["columns"].values()],

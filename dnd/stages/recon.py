@@ -1,4 +1,6 @@
-"""Reconstruction metrics of Table 1 on a test set: L2, code usage per depth, rOCR, rFID, a recon grid.
+"""Reconstruction metrics of Table 1 on a test set: L2, code usage per depth, rOCR, rFID, a recon grid, and on
+the class-labelled set the demo classifier's accuracy on the reconstructions (does a code keep the detail that
+decides the class?). L2 and that accuracy carry bootstrap intervals over the test images.
 
 One evaluator (`measure_reconstruction`) over a `reconstruct(batch)` callable serves every row: an RQ-VAE
 by depth, a pretrained continuous VAE (`dnd.stages.vae_recon`), and the "original" pseudo-tokenizer that
@@ -18,6 +20,7 @@ import torch
 
 from dnd.atomic import atomic_path, write_json
 from dnd.data.images import ImageShardDataset, to_pil, to_uint8
+from dnd.metrics.bootstrap import BootstrapSettings, mean_interval
 from dnd.metrics.ocr import OCRConfig, check_ocr_backend, make_ocr_backend
 from dnd.metrics.rouge import rocr
 from dnd.provenance import record
@@ -34,7 +37,9 @@ class ReconEvalConfig:
     # OCR test sets take evaluation.recon.max_images, Table 1a's evaluation.recon.rfid_max_images
     max_images: int | None = 16
     batch_size: int = 8
-    bootstrap_resamples: int = 100  # resamples of the Inception features behind the rFID interval; 0 = none
+    # resamples behind the intervals: of the Inception features (rFID) and of the test images (L2, classifier
+    # accuracy); 0 = none
+    bootstrap_resamples: int = 100
     bootstrap_seed: int = 0
     # what rOCR scores the reconstructions' OCR against: "text", the test set's ground truth (for arXiv512, the
     # PDF's text layer inside the crop), or "original_ocr", the OCR of the original image, as the paper does
@@ -79,9 +84,11 @@ Reconstruct = Callable[[torch.Tensor, bool], ReconBatch]
 
 
 def measure_reconstruction(reconstruct: Reconstruct, data: ImageShardDataset, batch_size: int, device: torch.device,
-                           codebook_size: int | None, cfg: ReconEvalConfig, out: Path) -> dict[str, Any]:
+                           codebook_size: int | None, cfg: ReconEvalConfig, out: Path,
+                           classifier: Path | None = None) -> dict[str, Any]:
     """The metrics every Table 1 row shares, over the first `len(data)` test images: L2, code usage per depth
-    (when the reconstructor returns codes), rOCR, rFID; the recon grid of the first batch beside `out`."""
+    (when the reconstructor returns codes), rOCR, rFID, the accuracy of `classifier` (the demo classifier) on
+    the reconstructions; the recon grid of the first batch beside `out`."""
     texts = data.meta["text"][: len(data)]
     originals, recons, sq_errors, grid_rows = [], [], [], []
     counts = None
@@ -99,10 +106,15 @@ def measure_reconstruction(reconstruct: Reconstruct, data: ImageShardDataset, ba
         sq_errors.append(((result.images - batch) ** 2).flatten(1).mean(1).cpu())
         originals.append(to_uint8(batch))
         recons.append(to_uint8(result.images))
+    per_image_l2 = torch.cat(sq_errors).double().numpy()
+    bootstrap = image_bootstrap(cfg)
     metrics: dict[str, Any] = {
         "n_images": len(data),
-        "l2": float(torch.cat(sq_errors).mean()),
+        "l2": float(per_image_l2.mean()),
+        "l2_interval": mean_interval(per_image_l2, bootstrap, "l2") if bootstrap.resamples > 0 else None,
         "l2_definition": "mean squared error per pixel, images scaled to [-1, 1]",
+        "l2_per_image": [round(float(v), 7) for v in per_image_l2],  # paired comparisons between rows
+        "image_bootstrap": describe_image_bootstrap(bootstrap),
     }
     if counts is not None:
         usage, entropy = code_usage(counts)
@@ -110,6 +122,7 @@ def measure_reconstruction(reconstruct: Reconstruct, data: ImageShardDataset, ba
     recon_uint8, originals_uint8 = np.concatenate(recons), np.concatenate(originals)
     metrics |= ocr_metrics(recon_uint8, texts, cfg, originals_uint8)
     metrics |= rfid_metrics(originals_uint8, recon_uint8, cfg, device)
+    metrics |= classifier_metrics(recon_uint8, originals_uint8, data, classifier, bootstrap)
     if grid_rows:
         save_recon_grid(grid_rows, out.with_suffix(".png"))
     return metrics
@@ -130,28 +143,80 @@ def identity_reconstructor(batch: torch.Tensor, with_grid: bool) -> ReconBatch:
     return ReconBatch(batch)
 
 
-def evaluate_reconstruction(tokenizer: Path | None, testset: Path, out: Path, cfg: ReconEvalConfig, names: dict[str, str]) -> dict[str, Any]:
-    """A tokenizer's row (or, with `tokenizer` None, the 'original' row) of Table 1 on one test set → `out`."""
+def evaluate_reconstruction(tokenizer: Path | None, testset: Path, out: Path, cfg: ReconEvalConfig, names: dict[str, str],
+                            classifier: Path | None = None) -> dict[str, Any]:
+    """A tokenizer's row (or, with `tokenizer` None, the 'original' row) of Table 1 on one test set → `out`;
+    `classifier` (the demo classifier, for the class-labelled test set) adds its accuracy on the reconstructions."""
     from dnd.tokenizer.rqvae import load_tokenizer
 
     check_ocr_backend(cfg.ocr, "metrics.ocr")
     device = default_device()
     model = load_tokenizer(tokenizer, device) if tokenizer is not None else None
     channels = model.config.in_channels if model is not None else 3
-    data = ImageShardDataset([testset], "test", channels, resolution=None, limit=cfg.max_images)
+    data = ImageShardDataset([testset], "test", channels, resolution=None, limit=cfg.max_images, columns=test_columns(testset))
     result: dict[str, Any] = {"tokenizer": names["tokenizer"], "testset": names["testset"]}
     if model is None:
-        result |= measure_reconstruction(identity_reconstructor, data, cfg.batch_size, device, None, cfg, out)
+        result |= measure_reconstruction(identity_reconstructor, data, cfg.batch_size, device, None, cfg, out, classifier)
     else:
         result |= {"depth": model.config.depth, "codebook_size": model.config.codebook_size}
         result |= measure_reconstruction(rqvae_reconstructor(model), data, cfg.batch_size, device,
-                                         model.config.codebook_size, cfg, out)
+                                         model.config.codebook_size, cfg, out, classifier)
         result["grid"] = "originals, then depth 1..D"
-    result["provenance"] = record("evaluate_reconstruction", asdict(cfg), tokenizer=str(tokenizer), testset=str(testset))
+    result["provenance"] = record("evaluate_reconstruction", asdict(cfg), tokenizer=str(tokenizer), testset=str(testset),
+                                  classifier=str(classifier) if classifier else None)
     write_json(out, result)
-    log.info("%s on %s: l2=%.4g rocr=%s rfid=%s", names["tokenizer"], names["testset"], result["l2"],
-             result.get("rocr"), result.get("rfid"))
+    log.info("%s on %s: l2=%.4g classifier_acc=%s rocr=%s rfid=%s", names["tokenizer"], names["testset"], result["l2"],
+             result.get("classifier_acc"), result.get("rocr"), result.get("rfid"))
     return result
+
+
+def test_columns(testset: Path) -> tuple[str, ...]:
+    """The metadata read with the test images: id, text, and the class label where the set has one."""
+    import pyarrow.parquet as pq
+
+    from dnd.data.shards import split_shards
+
+    shards = split_shards(Path(testset), "test")
+    has_label = bool(shards) and "label" in pq.read_schema(shards[0]).names
+    return ("id", "text", "label") if has_label else ("id", "text")
+
+
+def image_bootstrap(cfg: ReconEvalConfig) -> BootstrapSettings:
+    return BootstrapSettings(resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed)
+
+
+def describe_image_bootstrap(settings: BootstrapSettings) -> str:
+    if settings.resamples == 0:
+        return "no interval (0 resamples)"
+    return (f"{settings.level:.0%} percentile bootstrap over the test images, {settings.resamples} resamples, "
+            f"seed {settings.seed}")
+
+
+def classifier_metrics(recons: np.ndarray, originals: np.ndarray, data: ImageShardDataset, classifier: Path | None,
+                       bootstrap: BootstrapSettings) -> dict[str, Any]:
+    """The demo classifier's accuracy on the reconstructions (uint8 (N, H, W, C)) w.r.t. the test labels, its
+    bootstrap interval over the images, and its accuracy on the same originals (the ceiling); n/a with the
+    reason on a set without labels or without the classifier (evaluation.generation.demo_classifier false)."""
+    if "label" not in data.meta:
+        return {"classifier_acc": None, "classifier_acc_na_reason": "the test set has no class labels"}
+    if classifier is None:
+        return {"classifier_acc": None, "classifier_acc_na_reason":
+                "no demo classifier (evaluation.generation.demo_classifier is false)"}
+    from dnd.metrics.classifier import DESCRIPTION, load_classifier, predict_probabilities
+
+    labels = np.asarray(data.meta["label"][: len(recons)], dtype=np.int64)
+    trained = load_classifier(classifier)
+    hits = predict_probabilities(trained, recons).argmax(axis=1) == labels
+    ceiling = predict_probabilities(trained, originals).argmax(axis=1) == labels
+    return {
+        "classifier_acc": float(hits.mean()),
+        "classifier_acc_interval": mean_interval(hits, bootstrap, "classifier_acc") if bootstrap.resamples > 0 else None,
+        "classifier_acc_originals": float(ceiling.mean()),
+        "classifier_n": int(len(labels)),
+        "classifier_hits_per_image": hits.astype(int).tolist(),  # paired comparisons between rows (same test images)
+        "classifier_description": DESCRIPTION.replace("the samples with their intended labels",
+                                                      "the reconstructions with the test images' labels"),
+    }
 
 
 OCR_REFERENCES = {

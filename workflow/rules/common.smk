@@ -240,6 +240,18 @@ def demo_classifier_input(wildcards):
     return []
 
 
+def recon_classifier_input(wildcards):
+    """Table 1a's classifier accuracy on reconstructions: the demo classifier (trained on the class-labelled
+    set) for that set only, and only while the tables ask for it (evaluation.generation.demo_classifier)."""
+    if wildcards.testset == "classes":
+        return demo_classifier_input(wildcards)
+    return []
+
+
+def classifier_arg(wildcards, input):
+    return f"--classifier {input.classifier}" if input.classifier else ""
+
+
 def generation_metrics(table):
     """Metric files of Table 2 (models × samplings) or Table 3 (one model per variant, one sampling)."""
     spec = config["tables"][table]

@@ -29,6 +29,8 @@ rule train_classifier:
         code=command_code_version("train-classifier"),
     log:
         "logs/train_classifier/classes.log",
+    benchmark:
+        "results/benchmarks/train_classifier/classes.tsv"
     threads: 1
     conda:
         "../../envs/dnd.yaml"

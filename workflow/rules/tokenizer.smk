@@ -58,11 +58,13 @@ rule evaluate_reconstruction:
     input:
         tokenizer=recon_tokenizer,
         testset=testset_path,
+        classifier=recon_classifier_input,
     output:
         metrics="results/metrics/recon/{tokenizer}/{testset}.json",
     params:
         cfg=evaluation_params,
         tokenizer=recon_tokenizer_arg,
+        classifier=classifier_arg,
         code=command_code_version("evaluate-reconstruction"),
     log:
         "logs/evaluate_reconstruction/{tokenizer}/{testset}.log",
@@ -73,7 +75,7 @@ rule evaluate_reconstruction:
         "../../envs/dnd.yaml"
     shell:
         "OMP_NUM_THREADS={threads} dnd evaluate-reconstruction --code-version {params.code} --params {params.cfg} --tokenizer {params.tokenizer} --tokenizer-name {wildcards.tokenizer}"
-        " --testset {input.testset} --testset-name {wildcards.testset} --out {output.metrics} > {log} 2>&1"
+        " --testset {input.testset} --testset-name {wildcards.testset} {params.classifier} --out {output.metrics} > {log} 2>&1"
 
 
 rule evaluate_vae_reconstruction:
