@@ -35,5 +35,6 @@ rule all:
         rules.make_table1b.output.table,
         rules.make_table2.output.table,
         rules.make_table3.output.table,
+        rules.plot_val_loss.output.plot,
         rules.make_richtext_table.output.table,
     default_target: True

@@ -5,7 +5,10 @@
 
 Sums the `cpu_time` column (seconds of CPU, user + system, of the job's processes) of every job Table 1a
 needs: the class set's writer, prepare_images, the tokenizers, train_classifier and the reconstruction
-evaluations; then prints depth → L2 and classifier accuracy on reconstructions with their intervals and N.
+evaluations; then prints depth → L2 and classifier accuracy on reconstructions with their intervals and N,
+and each row's difference from the first row, paired over the same test images (95 % percentile bootstrap of
+the per-image differences, 1,000 resamples, seed 0): the rows share their test images, so the paired interval
+is the one that says whether one depth beats another.
 A job without a benchmark file (not run by Snakemake in this results folder) is named as missing.
 """
 
@@ -15,7 +18,12 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+
+from dnd.metrics.bootstrap import BootstrapSettings, mean_interval
+
+PAIRED = BootstrapSettings(resamples=1000, seed=0)
 
 
 def cpu_seconds(tsv: Path) -> float | None:
@@ -42,8 +50,10 @@ def main() -> None:
         else:
             total += seconds
     print(f"{'total':40s} {total:8.1f} CPU-s" + (f" (missing: {', '.join(missing)})" if missing else ""))
-    print("\n| tokenizer | depth | L2 [95 % CI] | classifier acc. on reconstructions [95 % CI] | acc. on originals | N |")
-    print("|---|---|---|---|---|---|")
+    print("\n| tokenizer | depth | L2 [95 % CI] | ΔL2 vs first row, paired [95 % CI] | classifier acc. on reconstructions [95 % CI] "
+          "| Δacc. vs first row, paired [95 % CI] | acc. on originals | N |")
+    print("|---|---|---|---|---|---|---|---|")
+    first = None
     for row in args.rows:
         path = args.results / "metrics" / "recon" / row / "classes.json"
         if not path.exists():
@@ -53,7 +63,19 @@ def main() -> None:
         l2, acc = m.get("l2_interval") or [None, None], m.get("classifier_acc_interval") or [None, None]
         accuracy = "n/a" if m.get("classifier_acc") is None else f"{m['classifier_acc']:.3f} [{acc[0]:.3f}, {acc[1]:.3f}]"
         original = "n/a" if m.get("classifier_acc_originals") is None else f"{m['classifier_acc_originals']:.3f}"
-        print(f"| {row} | {m.get('depth')} | {m['l2']:.4f} [{l2[0]:.4f}, {l2[1]:.4f}] | {accuracy} | {original} | {m['n_images']} |")
+        first = first or m
+        dl2, dacc = paired(m, first, "l2_per_image", 4), paired(m, first, "classifier_hits_per_image", 3)
+        print(f"| {row} | {m.get('depth')} | {m['l2']:.4f} [{l2[0]:.4f}, {l2[1]:.4f}] | {dl2} | {accuracy} | {dacc} | {original} "
+              f"| {m['n_images']} |")
+
+
+def paired(m: dict, first: dict, key: str, digits: int) -> str:
+    """Mean per-image difference from the first row over the same test images, with its interval."""
+    if m is first or key not in m or key not in first or len(m[key]) != len(first[key]):
+        return "—" if m is first else "n/a"
+    diff = np.asarray(m[key], dtype=np.float64) - np.asarray(first[key], dtype=np.float64)
+    low, high = mean_interval(diff, PAIRED, "l2" if key.startswith("l2") else "classifier_acc")
+    return f"{diff.mean():+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 if __name__ == "__main__":

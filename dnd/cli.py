@@ -114,6 +114,8 @@ COMMANDS: list[Stage] = [
            optional("--classifier", "classifier .pt from train-classifier"), required("--out", "output metrics .json")]),
     Stage("make-generation-table", "Write Table 2 (models × cfg) or Table 3 (the four variants) with a plot.",
           c.cmd_make_generation_table, [required("--table", "which table", choices=["table2", "table3"]), TABLE_METRICS, OUT_CSV]),
+    Stage("plot-val-loss", "Validation loss per depth against steps of Table 3's variants (their val_history.csv): a CSV and a figure.",
+          c.cmd_plot_val_loss, [required("--histories", "val_history.csv files of the trained Table 3 models (none: an empty figure)", nargs="*"), OUT_CSV]),
     # ---- rich-text generation
     Stage("fit-language-model", "Fit the offline PPL-OCR language model (word n-gram, nltk) on a data set's training text.",
           c.cmd_fit_language_model, [required("--dataset", "Text-Image data set folder (its train split's text)"),

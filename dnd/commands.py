@@ -269,6 +269,23 @@ def cmd_make_generation_table(args: argparse.Namespace) -> None:
         print(extra["order_note"])
 
 
+def cmd_plot_val_loss(args: argparse.Namespace) -> None:
+    from dnd.report.common import VARIANT_ORDER
+    from dnd.report.training_curves import write_val_loss
+
+    spec = _stage_config(args, "tables.table3")
+    variant_of = {model: variant for variant, model in spec["models"].items()}
+    paths = {Path(path).parent.name: Path(path) for path in args.histories}  # results/transformers/<model>/val_history.csv
+    unknown = sorted(set(paths) - set(variant_of))
+    if unknown:
+        raise ConfigError(f"validation histories of models that are not in tables.table3.models: {unknown}")
+    order = [v for v in VARIANT_ORDER if v in spec["models"]] + [v for v in spec["models"] if v not in VARIANT_ORDER]
+    histories = {v: (spec["models"][v], paths[spec["models"][v]]) for v in order if spec["models"][v] in paths}
+    table = write_val_loss(histories, Path(args.out))
+    write_provenance(Path(args.out), "plot_val_loss", spec, histories={v: str(p) for v, (_, p) in histories.items()})
+    print(table.groupby(["variant", "weights", "depth"])["loss"].agg(["first", "last", "min"]).to_string())
+
+
 def cmd_fit_language_model(args: argparse.Namespace) -> None:
     from dnd.metrics.ppl import LMConfig, fit_ngram_on_dataset
 

@@ -259,6 +259,27 @@ class LoopConfig:
     # Further best checkpoints, each chosen by its own validation figure: name -> key, e.g. {"ema": "val/ema/loss"}
     # (the EMA weights picked by the EMA weights' loss, the raw ones by `val/loss`). Each is `best-<name>.pt`.
     also_select: dict[str, str] = field(default_factory=dict)
+    # Where the validation history (one row per validation: step and each `val/...` figure) is written as CSV
+    # at the end; None = kept in the checkpoints only. Checkpoints carry it, so a resumed run writes the same file.
+    history_csv: Path | None = None
+
+
+def history_column(key: str) -> str:
+    """A validation figure's CSV column: "val/loss_depth1" -> "loss_depth1", "val/ema/loss" -> "ema_loss"."""
+    return key.removeprefix("val/").replace("/", "_")
+
+
+def write_history(history: list[dict[str, float]], path: Path) -> None:
+    """The validation history as CSV (step, then every figure in first-seen order), written atomically;
+    without any validation, the header alone."""
+    import csv
+
+    columns = ["step", *dict.fromkeys(history_column(k) for row in history for k in row if k != "step")]
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({"step": row["step"], **{history_column(k): repr(v) for k, v in row.items() if k != "step"}})
 
 
 @dataclass
@@ -288,12 +309,12 @@ def _broadcast_from_rank0(values: dict[str, float] | None, world: int) -> dict[s
 
 
 def _load_checkpoint(trainer: Trainer, checkpoints: Checkpointer, loop: LoopConfig, run: RunInfo
-                     ) -> tuple[int, float, dict[str, float]]:
+                     ) -> tuple[int, float, dict[str, float], list[dict[str, float]]]:
     """Resume from the work area's last checkpoint if there is one: (first step, best validation loss,
-    best figure of each extra selection)."""
+    best figure of each extra selection, validation history)."""
     state = checkpoints.load("cpu")
     if state is None:
-        return 0, math.inf, {name: math.inf for name in loop.also_select}
+        return 0, math.inf, {name: math.inf for name in loop.also_select}, []
     saved_version = state.get("code_version")
     if saved_version != run.code_version:
         log.warning("resuming %s from a checkpoint of code version %s with code version %s (its state dict is loaded as is; "
@@ -306,7 +327,8 @@ def _load_checkpoint(trainer: Trainer, checkpoints: Checkpointer, loop: LoopConf
             f"{run.code_version} builds it: {str(err).splitlines()[0]}; rerun with --fresh to start over") from err
     restore_rng_states(state.get("rng"), run.rank, run.world, run.device, loop.seed, state["step"])
     saved_also = state.get("best_also", {})
-    return state["step"], state.get("best_val_loss", math.inf), {name: saved_also.get(name, math.inf) for name in loop.also_select}
+    return (state["step"], state.get("best_val_loss", math.inf), {name: saved_also.get(name, math.inf) for name in loop.also_select},
+            list(state.get("val_history", [])))
 
 
 def _finite(value: float) -> float | None:
@@ -326,7 +348,7 @@ def run_training(trainer: Trainer, loop: LoopConfig, run: RunInfo, work_dir: Pat
     provenance record beside the output and `train_summary.json` in its folder.
     """
     checkpoints = Checkpointer(work_dir / "checkpoints")
-    start, best, best_also = _load_checkpoint(trainer, checkpoints, loop, run)
+    start, best, best_also, history = _load_checkpoint(trainer, checkpoints, loop, run)
     writer = None
     if run.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -339,7 +361,7 @@ def run_training(trainer: Trainer, loop: LoopConfig, run: RunInfo, work_dir: Pat
         rng = gather_rng_states(run.world, run.device)
         if run.is_main:
             checkpoints.save({**state, "step": step, "best_val_loss": best, "best_also": dict(best_also), "rng": rng,
-                              "code_version": run.code_version}, path)
+                              "code_version": run.code_version, "val_history": list(history)}, path)
 
     def close() -> None:
         progress.close()
@@ -359,6 +381,8 @@ def run_training(trainer: Trainer, loop: LoopConfig, run: RunInfo, work_dir: Pat
                 for key, value in val.items():
                     writer.add_scalar(key, value, done)
                 log.info("step %d validation %s", done, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
+            if val:
+                history.append({"step": done, **val})
             if val and "val/loss" in val and val["val/loss"] < best:
                 best = val["val/loss"]
                 save(done, checkpoints.best)
@@ -392,6 +416,8 @@ def run_training(trainer: Trainer, loop: LoopConfig, run: RunInfo, work_dir: Pat
                "selected_by": "val/loss" if chosen == checkpoints.best else "last step",
                **({"also_selected": also_summary} if also_summary else {}), **extra}
     write_json(out.parent / "train_summary.json", summary)
+    if loop.history_csv is not None:
+        write_history(history, loop.history_csv)
     write_provenance(out, run.stage, run.config, seed=loop.seed, code_version=run.code_version,
                      checkpoint_code_version=final.get("code_version"), summary=summary, world_size=run.world,
                      work_area=str(work_dir))

@@ -267,6 +267,8 @@ def test_table2_rows_columns_and_na_cells(tmp_path):
     assert demo["note"].startswith("demo: digits 32 px") and WEIGHTS_SETTING in demo["note"] and "0.990" in demo["note"]
     assert gen_tables.headline_metric(frame) == "FID"
     assert gen_tables.headline_metric(frame.iloc[2:]) == gen_tables.CLASSIFIER_ACC
+    with_fd = frame.iloc[2:].assign(**{gen_tables.CLASSIFIER_FD: "1.5"})
+    assert gen_tables.headline_metric(with_fd) == gen_tables.CLASSIFIER_FD
     for rows in (frame, frame.iloc[2:]):  # FID, then the classifier accuracy when FID is n/a
         plot = tmp_path / f"plot-{len(rows)}.png"
         gen_tables.plot_fid_vs_cfg(rows, plot)
@@ -289,22 +291,38 @@ def test_table3_rows_in_variant_order_and_one_sampling_setting(tmp_path):
         gen_tables.table3(paths[1:] + [other_cfg])
 
 
-def order_frame(values: dict[str, float | None], column: str) -> pd.DataFrame:
-    return pd.DataFrame({"variant": list(values), column: ["n/a" if v is None else f"{v}" for v in values.values()]})
+def order_frame(values: dict[str, float | None], column: str, half_width: float | dict[str, float] = 0.01) -> pd.DataFrame:
+    """A Table 3 frame with `column` and its `_95ci` (value ± half_width; a dict gives each variant its own)."""
+    widths = half_width if isinstance(half_width, dict) else dict.fromkeys(values, half_width)
+    return pd.DataFrame({"variant": list(values), column: ["n/a" if v is None else f"{v}" for v in values.values()],
+                         f"{column}_95ci": ["n/a" if v is None else f"[{v - widths[k]:.4f}, {v + widths[k]:.4f}]"
+                                            for k, v in values.items()]})
 
 
-def test_order_note_says_yes_and_no_correctly():
+def test_order_note_claims_an_order_only_where_intervals_separate():
     acc = gen_tables.CLASSIFIER_ACC
     paper_like = order_frame({"1d": 0.8, "parallel": 0.7, "vertical": 0.85, "dnd": 0.9}, acc)
     assert gen_tables.order_note(paper_like, acc).startswith("Table 3 shows the paper's order")
-    swapped = order_frame({"1d": 0.86, "parallel": 0.7, "vertical": 0.85, "dnd": 0.9}, acc)
+    # the same values with wide intervals: dnd/vertical and vertical/1d overlap, 1d/parallel still separate
+    wide = order_frame({"1d": 0.8, "parallel": 0.7, "vertical": 0.85, "dnd": 0.9}, acc,
+                       {"1d": 0.03, "parallel": 0.01, "vertical": 0.03, "dnd": 0.03})
+    note = gen_tables.order_note(wide, acc)
+    assert note.startswith("Table 3 does not show")
+    assert "dnd vs vertical: no significant difference" in note and "vertical vs 1d: no significant difference" in note
+    assert "1d vs parallel: paper's order (95 % intervals separate)" in note
+    swapped = order_frame({"1d": 0.86, "parallel": 0.7, "vertical": 0.8, "dnd": 0.9}, acc)
     note = gen_tables.order_note(swapped, acc)
-    assert note.startswith("Table 3 does not show") and "dnd (0.9), 1d (0.86), vertical (0.85)" in note
+    assert note.startswith("Table 3 does not show") and "dnd (0.9), 1d (0.86), vertical (0.8)" in note
+    assert "vertical vs 1d: opposite order" in note
     tie = order_frame({"1d": 0.8, "parallel": 0.7, "vertical": 0.9, "dnd": 0.9}, acc)
-    assert gen_tables.order_note(tie, acc).startswith("Table 3 does not show")
-    # FID: lower is better; the paper's own numbers show its order.
+    assert "dnd vs vertical: no significant difference" in gen_tables.order_note(tie, acc)
+    no_intervals = order_frame({"1d": 0.8, "parallel": 0.7, "vertical": 0.85, "dnd": 0.9}, acc).drop(columns=f"{acc}_95ci")
+    assert gen_tables.order_note(no_intervals, acc).startswith("Table 3 does not show")
+    # FID (lower is better): the paper's own numbers show its order; the classifier-feature distance is named as such
     fid = order_frame({"1d": 4.12, "parallel": 6.32, "vertical": 3.18, "dnd": 2.58}, "FID")
     assert gen_tables.order_note(fid, "FID").startswith("Table 3 shows")
+    fd = order_frame({"1d": 4.12, "parallel": 6.32, "vertical": 3.18, "dnd": 2.58}, gen_tables.CLASSIFIER_FD)
+    assert "not FID" in gen_tables.order_note(fd, gen_tables.CLASSIFIER_FD)
     partial = order_frame({"1d": 4.12, "parallel": None, "vertical": None, "dnd": 5.0}, "FID")
     assert "does not show" in gen_tables.order_note(partial, "FID") and "only 2 of 4" in gen_tables.order_note(partial, "FID")
     missing = order_frame({"1d": None, "parallel": None, "vertical": None, "dnd": 2.0}, "FID")
@@ -355,3 +373,32 @@ def test_the_classifier_streams_its_training_set(tmp_path):
     assert peaks["large", "in_memory"] > 10 * peaks["small", "in_memory"]  # the control: memory ∝ set size
     assert peaks["large", "classifier"] < 1.5 * peaks["small", "classifier"], peaks
     assert peaks["large", "classifier"] < peaks["large", "in_memory"] / 5, peaks
+
+
+def test_classifier_feature_metrics_use_the_fid_code_on_the_test_split(digits, classifier_path, tmp_path):
+    """The classifier-feature Fréchet distance: ≈ 0 for the real test split itself, larger for a shifted set;
+    precision/recall and every interval (the accuracy's too) are there, named apart from FID."""
+    reference = tmp_path / "reference.npz"
+    compute_reference(digits, reference, ReferenceConfig(inception_weights=None))
+    images, labels = split_images(digits, "test")
+    classifier = load_classifier(classifier_path)
+    assert classifier.summary["test_features"].shape == (len(images), 4 * FAST_CLASSIFIER.width)
+    cfg = GenEvalConfig(bootstrap_resamples=20)
+    same = evaluate_generation(write_samples(tmp_path / "same", images, labels), reference, classifier_path,
+                               tmp_path / "same.json", cfg)
+    assert same["fid"] is None and same["classifier_fd"] == pytest.approx(0.0, abs=1e-3)
+    assert same["classifier_precision"] == same["classifier_recall"] == 1.0
+    assert same["classifier_feature_dim"] == 32 and same["classifier_n_reference"] == len(images)
+    shifted = np.clip(images.astype(int) + 80, 0, 255).astype(np.uint8)  # a brighter background
+    far = evaluate_generation(write_samples(tmp_path / "far", shifted, labels), reference, classifier_path,
+                              tmp_path / "far.json", cfg)
+    assert far["classifier_fd"] > 10 * max(same["classifier_fd"], 1e-3) and far["classifier_fd"] > 0.1
+    low, high = far["classifier_intervals"]["classifier_fd"]
+    assert low <= far["classifier_fd"] <= high or low > 0  # a resampled reference: the interval may not hold the point
+    acc_low, acc_high = far["classifier_intervals"]["classifier_accuracy"]
+    assert acc_low <= far["classifier"]["accuracy"] <= acc_high
+    # no more samples than feature dimensions: the distance is n/a with its reason, precision/recall remain
+    few = evaluate_generation(write_samples(tmp_path / "few", images[:20], labels[:20]), reference, classifier_path,
+                              tmp_path / "few.json", cfg)
+    assert few["classifier_fd"] is None and "32 feature dimensions" in few["classifier_fd_na_reason"]
+    assert few["classifier_precision"] is not None

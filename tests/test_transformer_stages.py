@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -157,6 +158,27 @@ def test_ema_training_keeps_raw_and_ema_weights_each_chosen_by_its_own_validatio
     for weights in ("raw", "ema"):  # each set's recorded figure is its own validation loss
         loss = validate(load_transformer(tmp_path / "model.pt", weights=weights), val_set, spec.train, torch.device("cpu"))
         assert loss["val/loss"] == pytest.approx(payload["weights"][weights]["val_loss"], rel=1e-5), weights
+    # val_history.csv: one row per validation, the loss and each depth's, raw and EMA
+    history = pd.read_csv(tmp_path / "val_history.csv")
+    assert list(history.columns) == ["step", "loss", "loss_depth1", "loss_depth2", "ema_loss", "ema_loss_depth1", "ema_loss_depth2"]
+    assert list(history["step"]) == [3, 6, 9, 12]
+    assert history["loss"].tolist() == pytest.approx(history[["loss_depth1", "loss_depth2"]].mean(axis=1).tolist(), rel=1e-5)
+    assert history["ema_loss"].min() == pytest.approx(payload["weights"]["ema"]["val_loss"], rel=1e-6)
+    # a run stopped after step 7 (a validation at 3 and 6 behind it) and resumed writes the same file
+    stops = iter(range(1, 100))
+    stopped = train_transformer(spec, codes_dir, tmp_path / "resumed" / "model.pt", tmp_path / "resumed-work",
+                                should_stop=lambda: next(stops) >= 7)
+    assert stopped is None and not (tmp_path / "resumed" / "val_history.csv").exists()
+    last = torch.load(tmp_path / "resumed-work" / "checkpoints" / "last.pt", weights_only=False)
+    assert last["step"] == 7 and [row["step"] for row in last["val_history"]] == [3, 6]
+    train_transformer(spec, codes_dir, tmp_path / "resumed" / "model.pt", tmp_path / "resumed-work")
+    assert (tmp_path / "resumed" / "val_history.csv").read_text() == (tmp_path / "val_history.csv").read_text()
+    # the report's long table and figure (one panel per variant, one line per depth)
+    from dnd.report.training_curves import write_val_loss
+
+    curves = write_val_loss({"dnd": ("t", tmp_path / "val_history.csv")}, tmp_path / "val_loss.csv")
+    assert set(curves["weights"]) == {"raw", "ema"} and set(curves["depth"]) == {"all", "1", "2"} and len(curves) == 4 * 6
+    assert (tmp_path / "val_loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_sampling_weights_raw_samples_the_raw_weights_and_ema_the_ema_weights(trained, tokenizer, tmp_path):

@@ -113,8 +113,12 @@ def test_tables_2_and_3_are_written(micro_run):
     table3 = pd.read_csv(workdir / "results" / "table3.csv", keep_default_na=False)
     assert list(table3["variant"]) == ["1d", "parallel", "vertical", "dnd"]
     assert all("paper" in note for note in table3["note"])  # says whether the paper's order shows
-    for name in ("table2.png", "table3.png"):
+    for name in ("table2.png", "table3.png", "val_loss.png"):
         assert (workdir / "results" / name).stat().st_size > 0
+    # the validation loss per depth of every trained Table 3 variant (the 1d one has one depth)
+    curves = pd.read_csv(workdir / "results" / "val_loss.csv", keep_default_na=False)
+    assert set(curves["variant"]) == {"1d", "parallel", "vertical", "dnd"}
+    assert set(curves.loc[curves["variant"] == "1d", "depth"]) == {"all", "1"}
 
 
 def test_richtext_table_is_written(micro_run):
@@ -314,7 +318,8 @@ TRAINED_TRANSFORMERS = {"micro_dnd", "micro_1d", "micro_parallel", "micro_vertic
 @pytest.mark.parametrize("module, expected", [
     # the table code: the tables and nothing else
     ("dnd/report/common.py", {("make_table1a", ""), ("make_table1b", ""), ("make_table2", ""), ("make_table3", ""),
-                              ("make_richtext_table", "")}),
+                              ("make_richtext_table", ""), ("plot_val_loss", "")}),
+    ("dnd/report/training_curves.py", {("plot_val_loss", "")}),
     ("dnd/report/generation.py", {("make_table2", ""), ("make_table3", "")}),
     # how stages run: nothing
     ("dnd/launch/slurm.py", set()),
@@ -337,7 +342,7 @@ def test_editing_the_transformer_model_plans_training_and_what_follows(micro_run
     jobs = planned_runs(run)
     assert {w for rule, w in jobs if rule == "train_transformer"} == {f"model={m}" for m in TRAINED_TRANSFORMERS}
     assert _rules(jobs) == {"train_transformer", "sample_images", "evaluate_generation", "make_table2", "make_table3",
-                            "evaluate_richtext", "make_richtext_table"}
+                            "plot_val_loss", "evaluate_richtext", "make_richtext_table"}
     # the DDPM's row is not downstream of any transformer: its sampling and scoring stay
     assert ("evaluate_richtext", "model=micro_ddpm, sampling=ddpm") not in jobs
     assert ("evaluate_richtext", "model=micro_text, sampling=micro_text_t1") in jobs

@@ -13,6 +13,9 @@ metric, and the interval is the central `level` percentile range of the resample
 - PPL-OCR (`corpus_perplexity_interval`): the images whose OCR read text, with their (NLL, token count);
   each resample's value is exp(Σ NLL / Σ tokens), the corpus perplexity, as the point estimate is.
 - A per-image mean (`mean_interval`, e.g. OCR words per image): the images.
+The same functions give the intervals of the demo classifier's feature-space metrics (`classifier_fd`,
+`classifier_precision`, `classifier_recall`: FID's code in that network's features) and of its accuracy
+(`fraction_interval` over each sample's hit or miss).
 Each metric draws from its own generator seeded by (seed, metric), so the intervals are reproducible and
 adding a metric moves no other interval. The point estimates are the full-set values, not resample means.
 """
@@ -26,8 +29,11 @@ import torch
 
 from dnd.metrics.fid import FeatureStats, IS_SPLIT_SIZE, inception_log_probs, inception_score_of_log_probs
 
-METRIC_STREAMS = {"fid": 0, "is": 1, "precision": 2, "recall": 3, "l2": 4, "classifier_acc": 5, "rocr": 6,
-                  "ppl_ocr": 7, "words_per_image": 8}
+# Table 1's per-image metrics, the demo classifier's feature-space metrics of Tables 2 and 3 (and its accuracy
+# on samples) and the rich-text table's draw from streams of their own.
+METRIC_STREAMS = {"fid": 0, "is": 1, "precision": 2, "recall": 3, "l2": 4, "classifier_acc": 5, "classifier_fd": 6,
+                  "classifier_precision": 7, "classifier_recall": 8, "classifier_accuracy": 9, "rocr": 10,
+                  "ppl_ocr": 11, "words_per_image": 12}
 
 
 @dataclass(frozen=True)
@@ -74,10 +80,11 @@ def frechet_distance_psd(mu_a: torch.Tensor, sigma_a: torch.Tensor, mu_b: torch.
 
 
 def fid_interval(sample_feats: np.ndarray, reference: FeatureStats, reference_feats: np.ndarray | None,
-                 settings: BootstrapSettings, device: str = "cpu") -> list[float]:
-    """Interval of the FID of `sample_feats` (N, D) against `reference`; `reference_feats` given = the
-    reference statistics are theirs and are resampled too."""
-    rng = _generator(settings, "fid")
+                 settings: BootstrapSettings, device: str = "cpu", metric: str = "fid") -> list[float]:
+    """Interval of the Fréchet distance of `sample_feats` (N, D) against `reference` (FID, or `metric` in
+    another network's features); `reference_feats` given = the reference statistics are theirs and are
+    resampled too."""
+    rng = _generator(settings, metric)
     samples = torch.as_tensor(np.asarray(sample_feats), dtype=torch.float64, device=device)
     ref_feats = None if reference_feats is None else torch.as_tensor(np.asarray(reference_feats), dtype=torch.float64, device=device)
     mu_ref = torch.as_tensor(reference.mu, dtype=torch.float64, device=device)

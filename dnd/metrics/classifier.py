@@ -4,6 +4,11 @@ the real training images of the class-labelled set, on generated samples w.r.t. 
 It answers "does the sample look like the class it was asked for?" and nothing about diversity or
 fidelity beyond that; it is not FID and no table presents it as such. Its accuracy on the real test
 split is the ceiling a perfect generator would reach, and is stored with the weights.
+
+Its pooled penultimate features (`SmallCNN.features`, 4 × width dimensions) of the real test split are
+stored with the weights too: `evaluate_generation` compares the samples' features with them by the
+Fréchet distance, precision and recall of `dnd.metrics.fid` (FID's code in this network's feature space,
+named `classifier_fd` / `classifier_precision` / `classifier_recall`, never FID).
 """
 
 from __future__ import annotations
@@ -129,12 +134,39 @@ def _as_network_input(classifier: TrainedClassifier, images: np.ndarray) -> torc
 
 
 @torch.no_grad()
+def predict(classifier: TrainedClassifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, H, W, C) -> class probabilities (N, K) and pooled penultimate features (N, 4 × width)."""
+    probs, feats = [], []
+    for start in range(0, len(images), batch_size):
+        features = classifier.network.features(_as_network_input(classifier, images[start : start + batch_size]))
+        feats.append(features.numpy())
+        probs.append(classifier.network.head(features).softmax(dim=1).numpy())
+    return np.concatenate(probs), np.concatenate(feats)
+
+
 def predict_probabilities(classifier: TrainedClassifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """uint8 (N, H, W, C) -> class probabilities (N, K)."""
-    return np.concatenate([
-        classifier.network(_as_network_input(classifier, images[start : start + batch_size])).softmax(dim=1).numpy()
-        for start in range(0, len(images), batch_size)
-    ])
+    return predict(classifier, images, batch_size)[0]
+
+
+@torch.no_grad()
+def split_features(network: SmallCNN, data: ImageShardDataset, limit: int | None = None) -> np.ndarray:
+    """Pooled penultimate features (N, 4 × width) of a split's first `limit` images, in shard order."""
+    network.eval()
+    return np.concatenate([network.features(images).numpy() for images, _ in _labelled_batches(data, 256, limit)])
+
+
+def real_test_reference(classifier: TrainedClassifier) -> "Reference":
+    """The real test split's features and their statistics, as a `dnd.metrics.fid.Reference`."""
+    from dnd.metrics.fid import Reference, compute_stats
+
+    if "test_features" not in classifier.summary:
+        raise ValueError("this classifier file holds no test-split features (retrain it: train_classifier stores them)")
+    features = np.asarray(classifier.summary["test_features"], dtype=np.float32)
+    return Reference(stats=compute_stats(features), features=features, provenance={
+        "reference_split": "test", "reference_images": len(features), "reference_stats_precomputed": False,
+        "reference_features": "the demo classifier's pooled penultimate features of the real test split",
+    })
 
 
 def scores_from_probabilities(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from dnd.atomic import atomic_path
 from dnd.data.images import ImageShardDataset
 from dnd.data.shards import read_manifest
-from dnd.metrics.classifier import DESCRIPTION, ClassifierConfig, SmallCNN, _image_shape, _split_scores
+from dnd.metrics.classifier import DESCRIPTION, ClassifierConfig, SmallCNN, _image_shape, _split_scores, split_features
 from dnd.training import LoopConfig, RunInfo, batch_indices, run_training, seed_everything
 
 log = logging.getLogger("dnd.classifier")
@@ -87,7 +87,11 @@ class ClassifierTrainer:
             "train_seconds": checkpoint.get("seconds", self.seconds),
             "config": asdict(self.cfg),
         }
-        state = {"model": self.network.state_dict(), "in_channels": self.image_shape[2], "num_classes": len(self.classes), **summary}
+        # The reference of the classifier-feature Fréchet distance / precision / recall: computed once here,
+        # not per evaluation (the same test images that give real_test_accuracy).
+        test_features = torch.from_numpy(split_features(self.network, self.test, self.cfg.score_images))
+        state = {"model": self.network.state_dict(), "in_channels": self.image_shape[2], "num_classes": len(self.classes),
+                 "test_features": test_features, **summary}
         with atomic_path(out) as tmp:
             torch.save(state, tmp)
         log.info("classifier: real test accuracy %.4f on %d images (train %.4f), %.1f s",

@@ -237,6 +237,52 @@ class Reference:
             )
 
 
+def compare_features(
+    sample_feats: np.ndarray,
+    reference: Reference,
+    pr_k: int = 3,
+    pr_batch_size: int = 4096,
+    pr_distance_dtype: str = "float16",
+    bootstrap: BootstrapSettings | None = None,
+    device: str = "cpu",
+    names: tuple[str, str, str] = ("fid", "precision", "recall"),
+    what: str = "FID",
+) -> dict:
+    """Fréchet distance, precision and recall of sample features (N, D) against `reference`, each with its
+    bootstrap interval: the code behind FID, whichever network made the features. `names` are the result's
+    keys (and the bootstrap streams) for the three metrics, `what` names the distance in its n/a reason.
+
+    Returns {names[0], "frechet_na_reason", names[1], names[2], "n", "n_reference", "intervals"}; the
+    distance is None with its reason when either side has no more vectors than feature dimensions,
+    precision and recall are None when the reference carries no features.
+    """
+    from dnd.metrics.bootstrap import BootstrapSettings, fid_interval, fraction_interval  # imports this module
+
+    fd_key, precision_key, recall_key = names
+    bootstrap = bootstrap or BootstrapSettings(resamples=0)
+    sample_stats = compute_stats(sample_feats)
+    stats_precomputed = bool(reference.provenance.get("reference_stats_precomputed", False))
+    n_reference = {"fid": None if stats_precomputed else reference.stats.n,
+                   "precision_recall": None if reference.features is None else len(reference.features)}
+    intervals: dict[str, list[float] | None] = {fd_key: None, precision_key: None, recall_key: None}
+    wanted = bootstrap.resamples > 0
+    fd_na = frechet_na_reason(sample_stats.n, n_reference["fid"], dim=len(sample_stats.mu), what=what)
+    fd = None if fd_na else frechet_distance(sample_stats, reference.stats)
+    if fd is not None and wanted:
+        intervals[fd_key] = fid_interval(sample_feats, reference.stats, None if stats_precomputed else reference.features,
+                                         bootstrap, device, metric=fd_key)
+    precision = recall = None
+    if reference.features is not None:
+        fake_in_real, real_in_fake = manifold_membership(reference.features, sample_feats, k=pr_k, batch_size=pr_batch_size,
+                                                         device=device, distance_dtype=pr_distance_dtype)
+        precision, recall = float(fake_in_real.mean()), float(real_in_fake.mean())
+        if wanted:
+            intervals[precision_key] = fraction_interval(fake_in_real, bootstrap, precision_key)
+            intervals[recall_key] = fraction_interval(real_in_fake, bootstrap, recall_key)
+    return {fd_key: fd, "frechet_na_reason": fd_na, precision_key: precision, recall_key: recall, "n": sample_stats.n,
+            "n_reference": n_reference, "intervals": intervals}
+
+
 def evaluate_images(
     image_batches: Iterable[np.ndarray],
     extractor: InceptionExtractor,
@@ -256,50 +302,33 @@ def evaluate_images(
     behind the reference's FID statistics (None: precomputed by the ADM evaluator over its whole data set)
     and behind its precision/recall features. `provenance` names the evaluator, the weights and the reference.
     """
-    from dnd.metrics.bootstrap import BootstrapSettings, fid_interval, fraction_interval, is_interval  # imports this module
+    from dnd.metrics.bootstrap import BootstrapSettings, is_interval  # imports this module
 
     bootstrap = bootstrap or BootstrapSettings(resamples=0)
     feats = collect_features(image_batches, extractor)
-    sample_stats = compute_stats(feats["pool"])
     device = str(extractor.device)
-    stats_precomputed = bool(reference.provenance.get("reference_stats_precomputed", False))
-    n_reference = {"fid": None if stats_precomputed else reference.stats.n,
-                   "precision_recall": None if reference.features is None else len(reference.features)}
-    intervals: dict[str, list[float] | None] = {"fid": None, "is": None, "precision": None, "recall": None}
     wanted = bootstrap.resamples > 0
-
-    fid_na = frechet_na_reason(sample_stats.n, n_reference["fid"], dim=len(sample_stats.mu))
-    fid = None if fid_na else frechet_distance(sample_stats, reference.stats)
-    if fid is not None and wanted:
-        intervals["fid"] = fid_interval(feats["pool"], reference.stats, None if stats_precomputed else reference.features,
-                                        bootstrap, device)
+    compared = compare_features(feats["pool"], reference, pr_k, pr_batch_size, pr_distance_dtype, bootstrap, device)
+    intervals = {**compared["intervals"], "is": None}
     inception = inception_score(feats["logits_unbiased"], split_size=is_split_size)
     if wanted:
         intervals["is"] = is_interval(feats["logits_unbiased"], bootstrap, is_split_size)
-    precision = recall = None
-    if reference.features is not None:
-        fake_in_real, real_in_fake = manifold_membership(reference.features, feats["pool"], k=pr_k, batch_size=pr_batch_size,
-                                                         device=device, distance_dtype=pr_distance_dtype)
-        precision, recall = float(fake_in_real.mean()), float(real_in_fake.mean())
-        if wanted:
-            intervals["precision"] = fraction_interval(fake_in_real, bootstrap, "precision")
-            intervals["recall"] = fraction_interval(real_in_fake, bootstrap, "recall")
     return {
-        "fid": fid,
-        "fid_na_reason": fid_na,
+        "fid": compared["fid"],
+        "fid_na_reason": compared["frechet_na_reason"],
         "is": inception,
-        "precision": precision,
-        "recall": recall,
-        "n": sample_stats.n,
-        "n_reference": n_reference,
-        "intervals": intervals,
+        "precision": compared["precision"],
+        "recall": compared["recall"],
+        "n": compared["n"],
+        "n_reference": compared["n_reference"],
+        "intervals": {key: intervals[key] for key in ("fid", "is", "precision", "recall")},
         "provenance": {
             "evaluator": "dnd.metrics.fid (ADM evaluator formulas)",
             "comparability": ADM_COMPARABILITY,
             **extractor.provenance,
             "reference": reference.provenance,
             "is_split_size": is_split_size,
-            "is_chunks": [chunk.stop - chunk.start for chunk in inception_chunks(sample_stats.n, is_split_size)],
+            "is_chunks": [chunk.stop - chunk.start for chunk in inception_chunks(compared["n"], is_split_size)],
             "precision_recall_k": pr_k,
             "precision_recall_distance_dtype": pr_distance_dtype,
             "bootstrap": bootstrap.describe() if wanted else "no interval (0 resamples)",

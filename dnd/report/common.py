@@ -12,6 +12,7 @@ import pandas as pd
 from dnd.atomic import atomic_path
 
 NA = "n/a"  # a cell whose metric could not be computed; the row's note says why
+VARIANT_ORDER = ("1d", "parallel", "vertical", "dnd")  # the paper's Table 3 row order (its table and figures)
 
 
 def load_metrics(paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -56,12 +57,19 @@ def pyplot() -> Any:
     return plt
 
 
-def plot_bars(frame: pd.DataFrame, label_column: str, value_columns: list[str], title: str, ylabel: str, path: Path) -> None:
-    """Grouped bars: one group per row, labelled by `label_column` (the x axis says which), a bar per value column."""
+def plot_bars(frame: pd.DataFrame, label_column: str, value_columns: list[str], title: str, ylabel: str, path: Path,
+              interval_column: str | None = None) -> None:
+    """Grouped bars: one group per row, labelled by `label_column` (the x axis says which), a bar per value column;
+    with one value column, `interval_column` ("[low, high]" cells) draws each bar's interval."""
     plt = pyplot()
     numeric = frame.set_index(label_column)[value_columns].apply(pd.to_numeric, errors="coerce")
     fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(numeric), 3.6))
     numeric.plot.bar(ax=ax, rot=20)
+    if interval_column is not None and len(value_columns) == 1 and interval_column in frame:
+        for x, (value, cell) in enumerate(zip(numeric[value_columns[0]], frame[interval_column])):
+            if isinstance(cell, str) and cell.startswith("[") and pd.notna(value):
+                low, high = (float(part) for part in cell.strip("[]").split(","))
+                ax.errorbar(x, value, yerr=[[max(value - low, 0)], [max(high - value, 0)]], fmt="none", color="black", capsize=4)
     ax.set_title(title)
     ax.set_xlabel(label_column)
     ax.set_ylabel(ylabel)

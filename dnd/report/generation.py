@@ -3,9 +3,11 @@
 Same conventions as the other tables (`dnd.report.common`): one row per (model, cfg scale) or per variant, `n/a` where a metric
 cannot run, a `note` column saying why. `demo_classifier_acc` / `demo_classifier_conf` are the accuracy
 and mean intended-class probability of a small CNN trained on the real training images, applied to the
-samples: a weight-free stand-in that says whether samples look like their class, not FID. Which
-evaluator, Inception weights and reference batch each number used: `row_provenance`, for the table's
-provenance record.
+samples: a weight-free stand-in that says whether samples look like their class, not FID.
+`classifier_fd` / `classifier_precision` / `classifier_recall` are FID's Fréchet distance and ADM's
+precision/recall computed by the same code in that classifier's pooled features against the real test
+split: "Fréchet distance in the demo classifier's features, not FID". Which evaluator, Inception weights
+and reference batch each number used: `row_provenance`, for the table's provenance record.
 """
 
 from __future__ import annotations
@@ -16,25 +18,36 @@ from typing import Any, Sequence
 import pandas as pd
 
 from dnd.metrics.inception import WEIGHTS_SETTING
-from dnd.report.common import NA, fmt, fmt_setting, join_notes, load_metrics, plot_bars, pyplot, save_figure, write_csv
+from dnd.report.common import NA, VARIANT_ORDER, fmt, fmt_setting, join_notes, load_metrics, plot_bars, pyplot, save_figure, write_csv
 
-VARIANT_ORDER = ("1d", "parallel", "vertical", "dnd")  # the paper's Table 3 row order
 # Table 3 of the paper, best first by FID (2.58 / 3.18 / 4.12 / 6.32; IS ranks them the same way).
 PAPER_ORDER = ("dnd", "vertical", "1d", "parallel")
 CLASSIFIER_ACC = "demo_classifier_acc"
 CLASSIFIER_CONF = "demo_classifier_conf"
-LOWER_IS_BETTER = {"FID": True, "IS": False, "precision": False, "recall": False, CLASSIFIER_ACC: False, CLASSIFIER_CONF: False}
-METRIC_COLUMNS = ["FID", "IS", "precision", "recall", CLASSIFIER_ACC, CLASSIFIER_CONF]
-# each Inception metric's bootstrap interval (dnd.metrics.bootstrap), beside the counts it was computed on
-INTERVAL_COLUMNS = {"FID": ("fid", 2), "IS": ("is", 1), "precision": ("precision", 3), "recall": ("recall", 3)}
-COUNT_COLUMNS = [*(f"{name}_95ci" for name in INTERVAL_COLUMNS), "n_samples", "n_reference", "paper_protocol"]
+CLASSIFIER_FD, CLASSIFIER_PRECISION, CLASSIFIER_RECALL = "classifier_fd", "classifier_precision", "classifier_recall"
+LOWER_IS_BETTER = {"FID": True, "IS": False, "precision": False, "recall": False, CLASSIFIER_ACC: False, CLASSIFIER_CONF: False,
+                   CLASSIFIER_FD: True, CLASSIFIER_PRECISION: False, CLASSIFIER_RECALL: False}
+METRIC_COLUMNS = ["FID", "IS", "precision", "recall", CLASSIFIER_FD, CLASSIFIER_PRECISION, CLASSIFIER_RECALL,
+                  CLASSIFIER_ACC, CLASSIFIER_CONF]
+# each metric's bootstrap interval (dnd.metrics.bootstrap), beside the counts it was computed on:
+# column -> (metrics JSON block, key, digits)
+INTERVAL_COLUMNS = {"FID": ("intervals", "fid", 2), "IS": ("intervals", "is", 1), "precision": ("intervals", "precision", 3),
+                    "recall": ("intervals", "recall", 3), CLASSIFIER_FD: ("classifier_intervals", CLASSIFIER_FD, 3),
+                    CLASSIFIER_PRECISION: ("classifier_intervals", CLASSIFIER_PRECISION, 3),
+                    CLASSIFIER_RECALL: ("classifier_intervals", CLASSIFIER_RECALL, 3),
+                    CLASSIFIER_ACC: ("classifier_intervals", "classifier_accuracy", 3)}
+COUNT_COLUMNS = [*(f"{name}_95ci" for name in INTERVAL_COLUMNS), "n_samples", "n_reference", "n_classifier_reference",
+                 "paper_protocol"]
+CLASSIFIER_FD_NOTE = "classifier_fd: Fréchet distance in the demo classifier's features, not FID"
 TABLE2_COLUMNS = ["model", "params", "cfg", *METRIC_COLUMNS, *COUNT_COLUMNS, "note"]
 TABLE3_COLUMNS = ["variant", "model", "params", "cfg", *METRIC_COLUMNS, *COUNT_COLUMNS, "note"]
 FID_NA_NO_WEIGHTS = f"FID/IS/precision/recall n/a: no Inception weights configured ({WEIGHTS_SETTING}; the metrics JSON says more)"
 AXIS_LABELS = {
     "FID": "FID vs the training set (lower is better)",
+    CLASSIFIER_FD: "Fréchet distance in the demo classifier's\nfeatures vs the real test split\n(not FID; lower is better)",
     CLASSIFIER_ACC: "accuracy of a CNN trained on\nthe real training images\n(FID n/a; higher is better)",
 }
+PLOT_NAMES = {"FID": "FID", CLASSIFIER_FD: "classifier-feature Fréchet distance (not FID)", CLASSIFIER_ACC: "classifier accuracy"}
 
 
 def format_params(count: int | None) -> str:
@@ -54,6 +67,9 @@ def _metric_cells(m: dict[str, Any]) -> dict[str, str]:
         "IS": fmt(m.get("is"), 1),
         "precision": fmt(m.get("precision"), 2),
         "recall": fmt(m.get("recall"), 2),
+        CLASSIFIER_FD: fmt(m.get(CLASSIFIER_FD), 3),
+        CLASSIFIER_PRECISION: fmt(m.get(CLASSIFIER_PRECISION), 3),
+        CLASSIFIER_RECALL: fmt(m.get(CLASSIFIER_RECALL), 3),
         CLASSIFIER_ACC: fmt(classifier.get("accuracy"), 3),
         CLASSIFIER_CONF: fmt(classifier.get("confidence"), 3),
     }
@@ -61,10 +77,9 @@ def _metric_cells(m: dict[str, Any]) -> dict[str, str]:
 
 def _interval_cells(m: dict[str, Any]) -> dict[str, str]:
     """`[low, high]` of each metric's bootstrap interval, `n/a` where the metric or its interval is."""
-    intervals = m.get("intervals") or {}
     cells = {}
-    for column, (key, digits) in INTERVAL_COLUMNS.items():
-        interval = intervals.get(key)
+    for column, (block, key, digits) in INTERVAL_COLUMNS.items():
+        interval = (m.get(block) or {}).get(key)
         cells[f"{column}_95ci"] = NA if interval is None else f"[{fmt(interval[0], digits)}, {fmt(interval[1], digits)}]"
     return cells
 
@@ -92,6 +107,7 @@ def _automatic_note(m: dict[str, Any]) -> str:
     classifier = m.get("classifier")
     if classifier:
         parts.append(f"{CLASSIFIER_ACC} on real test images (ceiling): {classifier['real_test_accuracy']:.3f}")
+        parts.append(CLASSIFIER_FD_NOTE + (f" ({m['classifier_fd_na_reason']})" if m.get("classifier_fd_na_reason") else ""))
     else:
         parts.append(f"{CLASSIFIER_ACC} n/a: {m.get('classifier_na_reason', 'not computed')}")
     return "; ".join(parts)
@@ -107,6 +123,7 @@ def _row(m: dict[str, Any], notes: dict[str, str]) -> dict[str, Any]:
         **_interval_cells(m),
         "n_samples": m["n_samples"],
         "n_reference": format_reference_count(m.get("n_reference")),
+        "n_classifier_reference": NA if m.get("classifier_n_reference") is None else m["classifier_n_reference"],
         "paper_protocol": m.get("paper_protocol", NA),
         "note": join_notes(notes.get(m["model"], ""), _automatic_note(m)),
     }
@@ -142,29 +159,62 @@ def numeric(frame: pd.DataFrame, column: str) -> pd.Series:
 
 
 def headline_metric(frame: pd.DataFrame) -> str:
-    """FID when any row has one, else the classifier accuracy (the demo without Inception weights)."""
-    return "FID" if numeric(frame, "FID").notna().any() else CLASSIFIER_ACC
+    """FID when any row has one; else the Fréchet distance in the demo classifier's features (the demo without
+    Inception weights); else the classifier accuracy."""
+    for metric in ("FID", CLASSIFIER_FD):
+        if metric in frame and numeric(frame, metric).notna().any():
+            return metric
+    return CLASSIFIER_ACC
+
+
+def parse_interval(cell: Any) -> tuple[float, float] | None:
+    """"[low, high]" (a table's `_95ci` cell) -> (low, high); None for n/a."""
+    if not isinstance(cell, str) or not cell.startswith("["):
+        return None
+    low, high = (float(part) for part in cell.strip("[]").split(","))
+    return low, high
+
+
+def pair_verdict(better: str, worse: str, intervals: dict[str, tuple[float, float] | None], lower: bool) -> str:
+    """The paper ranks `better` above `worse`: "paper" when their intervals separate that way, "opposite"
+    when they separate the other way, else "no significant difference" (overlap, or an interval missing)."""
+    a, b = intervals.get(better), intervals.get(worse)
+    if a is None or b is None:
+        return "no significant difference"
+    if (a[1] < b[0]) if lower else (a[0] > b[1]):
+        return "paper"
+    if (b[1] < a[0]) if lower else (b[0] > a[1]):
+        return "opposite"
+    return "no significant difference"
 
 
 def order_note(frame: pd.DataFrame, metric: str) -> str:
     """One sentence: does Table 3 rank the variants as the paper does (dnd, vertical, 1d, parallel, best
-    first by FID) on `metric`? Ties count as not showing the order."""
-    values = numeric(frame.set_index("variant"), metric).dropna()
+    first by FID) on `metric`? Only where the 95 % intervals of consecutive variants separate: each pair is
+    "paper's order", "opposite order" or "no significant difference"; the order is claimed when every
+    pair separates the paper's way."""
+    indexed = frame.set_index("variant")
+    values = numeric(indexed, metric).dropna()
     present = [v for v in PAPER_ORDER if v in values.index]
     if len(present) < 2:
         return f"Table 3 cannot be compared with the paper's order on {metric}: fewer than two variants have a value."
+    ci_column = f"{metric}_95ci"
+    intervals = {v: parse_interval(indexed[ci_column].get(v)) if ci_column in indexed else None for v in present}
     lower = LOWER_IS_BETTER[metric]
-    better = (lambda a, b: a < b) if lower else (lambda a, b: a > b)
-    shows = all(better(values[a], values[b]) for a, b in zip(present, present[1:]))
     observed = sorted(present, key=lambda v: values[v] if lower else -values[v])
     chain = ", ".join(f"{v} ({values[v]:.3g})" for v in observed)
     scope = "" if len(present) == len(PAPER_ORDER) else f" (only {len(present)} of {len(PAPER_ORDER)} variants have a value)"
-    paper = ", ".join(present)
+    verdicts = {(a, b): pair_verdict(a, b, intervals, lower) for a, b in zip(present, present[1:])}
+    pairs = "; ".join(f"{a} vs {b}: " + {"paper": "paper's order (95 % intervals separate)",
+                                           "opposite": "opposite order (95 % intervals separate)"}.get(v, v)
+                      for (a, b), v in verdicts.items())
     direction = "lower" if lower else "higher"
-    if shows:
-        return f"Table 3 shows the paper's order on {metric}{scope}: best first ({direction} is better) {chain}."
-    return (f"Table 3 does not show the paper's order on {metric}{scope}: best first ({direction} is better) {chain}; "
-            f"the paper (FID, ImageNet 256, 1.4B) has {paper}.")
+    name = f"{metric} ({CLASSIFIER_FD_NOTE.split(': ', 1)[1]})" if metric == CLASSIFIER_FD else metric
+    if all(v == "paper" for v in verdicts.values()):
+        return (f"Table 3 shows the paper's order on {name}{scope}, every consecutive pair's 95 % intervals separating: "
+                f"best first ({direction} is better) {chain}.")
+    return (f"Table 3 does not show the paper's order on {name}{scope}: best first ({direction} is better) {chain}; "
+            f"the paper (FID, ImageNet 256, 1.4B) has {', '.join(present)}; by pair: {pairs}.")
 
 
 def row_provenance(metric_jsons: Sequence[Path]) -> list[dict[str, Any]]:
@@ -207,7 +257,7 @@ def plot_fid_vs_cfg(frame: pd.DataFrame, path: Path) -> None:
         ax.legend(fontsize=8)
     ax.set_xlabel("classifier-free guidance scale")
     ax.set_ylabel(AXIS_LABELS[metric], fontsize=9)
-    ax.set_title("Table 2: " + ("FID" if metric == "FID" else "classifier accuracy") + " vs cfg scale")
+    ax.set_title("Table 2: " + PLOT_NAMES[metric] + " vs cfg scale")
     ax.grid(alpha=0.3)
     save_figure(fig, path)
 
@@ -221,9 +271,12 @@ def write_generation_table(table: str, metrics: list[Path], spec: dict[str, Any]
     if table == "table3":
         metric = headline_metric(frame)
         extra["order_note"] = order_note(frame, metric)
+        # the other metrics' verdicts, for the provenance record (the accuracy stays a column)
+        extra["order_notes"] = {m: order_note(frame, m) for m in ("FID", CLASSIFIER_FD, CLASSIFIER_PRECISION,
+                                                                  CLASSIFIER_RECALL, CLASSIFIER_ACC)}
         frame["note"] = [f"{n}; {extra['order_note']}" if n else extra["order_note"] for n in frame["note"]]
         plot_bars(frame, "variant", [metric], f"Table 3: the four variants ({metric})", AXIS_LABELS.get(metric, metric),
-                  out.with_suffix(".png"))
+                  out.with_suffix(".png"), interval_column=f"{metric}_95ci")
     else:
         plot_fid_vs_cfg(frame, out.with_suffix(".png"))
     write_csv(frame, out)

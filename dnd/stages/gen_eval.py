@@ -1,5 +1,6 @@
 """`compute_reference` and `evaluate_generation`: FID, IS, precision/recall and the weight-free classifier
-metric of one sample set (Tables 2 and 3).
+metrics of one sample set (Tables 2 and 3): the classifier's accuracy, and the Fréchet distance, precision
+and recall in its features against the real test split (FID's code, another network: never called FID).
 
 Which numbers are which (each metrics JSON repeats this in its `provenance`):
 - Evaluator: `dnd.metrics.fid`, the ADM evaluator's formulas, on torch-fidelity's PyTorch port of the TF
@@ -28,7 +29,7 @@ from dnd.atomic import atomic_path, write_json
 from dnd.data.shards import decode_png, iter_records
 from dnd.metrics.adm import IMAGES_KEY, LABELS_KEY, read_adm_batch, read_images_header, reference_from_adm_batch
 from dnd.metrics.bootstrap import BootstrapSettings
-from dnd.metrics.fid import Reference, collect_features, compute_stats, evaluate_images
+from dnd.metrics.fid import Reference, collect_features, compare_features, compute_stats, evaluate_images
 from dnd.metrics.inception import InceptionExtractor, InceptionWeightsMissing, load_inception
 from dnd.metrics.protocol import generation_protocol
 from dnd.provenance import file_sha256, record, write_provenance
@@ -187,6 +188,36 @@ def sample_labels(path: Path) -> np.ndarray | None:
 
 
 # ----------------------------------------------------------------- evaluation
+CLASSIFIER_FEATURE_KEYS = ("classifier_fd", "classifier_precision", "classifier_recall")
+CLASSIFIER_FEATURES_NOTE = (
+    "classifier_fd / classifier_precision / classifier_recall: Fréchet distance and ADM precision/recall "
+    "(dnd.metrics.fid, the code of FID) in the demo classifier's pooled penultimate features, against the real "
+    "test split; not FID. The distance is n/a when either side has no more images than feature dimensions"
+)
+
+
+def classifier_feature_metrics(classifier: Any, probs: np.ndarray, features: np.ndarray, labels: np.ndarray,
+                               cfg: GenEvalConfig) -> dict[str, Any]:
+    """The classifier-feature Fréchet distance, precision and recall of the samples against the real test
+    split (FID's code, `compare_features`), and the bootstrap intervals of those and of the accuracy."""
+    from dnd.metrics.bootstrap import fraction_interval
+    from dnd.metrics.classifier import real_test_reference
+
+    bootstrap = BootstrapSettings(resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed)
+    compared = compare_features(features, real_test_reference(classifier), pr_k=cfg.pr_k,
+                                pr_distance_dtype=cfg.pr_distance_dtype, bootstrap=bootstrap,
+                                names=CLASSIFIER_FEATURE_KEYS, what="classifier Fréchet distance")
+    hits = probs.argmax(axis=1) == np.asarray(labels, dtype=np.int64)
+    accuracy_ci = fraction_interval(hits, bootstrap, "classifier_accuracy") if bootstrap.resamples > 0 else None
+    return {
+        **{key: compared[key] for key in CLASSIFIER_FEATURE_KEYS},
+        "classifier_fd_na_reason": compared["frechet_na_reason"],
+        "classifier_feature_dim": int(features.shape[1]),
+        "classifier_n_reference": compared["n_reference"]["precision_recall"],
+        "classifier_intervals": {**compared["intervals"], "classifier_accuracy": accuracy_ci},
+    }
+
+
 @dataclass
 class InceptionSetup:
     """The extractor and reference for FID/IS/P/R, or the reason they are n/a."""
@@ -239,9 +270,10 @@ def evaluate_generation(
 
     FID/IS/precision/recall against the reference (n/a with `fid_na_reason` without weights), and the
     classifier's accuracy/confidence w.r.t. the intended labels (n/a with `classifier_na_reason` without
-    a classifier or labels). One pass over the samples feeds both.
+    a classifier or labels) with the Fréchet distance, precision and recall in the classifier's features
+    against the real test split (`classifier_fd`, ..., not FID). One pass over the samples feeds both.
     """
-    from dnd.metrics.classifier import DESCRIPTION, load_classifier, predict_probabilities, scores_from_probabilities
+    from dnd.metrics.classifier import DESCRIPTION, load_classifier, predict, scores_from_probabilities
 
     samples_dir = Path(samples_dir)
     samples_path = samples_dir / SAMPLES_NAME
@@ -251,11 +283,14 @@ def evaluate_generation(
     classifier = load_classifier(classifier_path) if classifier_path is not None and labels is not None else None
     setup = inception_setup(reference_path, cfg)
     probabilities: list[np.ndarray] = []
+    classifier_features: list[np.ndarray] = []
 
     def batches() -> Iterator[np.ndarray]:
         for batch in iter_sample_images(samples_path, cfg.batch_size):
             if classifier is not None:
-                probabilities.append(predict_probabilities(classifier, batch, cfg.batch_size))
+                probs, feats = predict(classifier, batch, cfg.batch_size)
+                probabilities.append(probs)
+                classifier_features.append(feats)
             yield batch
 
     result: dict[str, Any] = {**_sampling_settings(summary), "n_samples": shape[0], "image_shape": list(shape[1:])}
@@ -279,12 +314,15 @@ def evaluate_generation(
         log.warning("FID/IS/precision/recall n/a for %s: %s", samples_dir, setup.na_reason)
     result["paper_protocol"] = generation_protocol(shape[0], setup.reference_provenance)
     if classifier is not None:
-        scores = scores_from_probabilities(np.concatenate(probabilities), labels)
+        probs = np.concatenate(probabilities)
+        scores = scores_from_probabilities(probs, labels)
         result["classifier"] = {**scores, "real_test_accuracy": classifier.summary["real_test_accuracy"]}
+        result |= classifier_feature_metrics(classifier, probs, np.concatenate(classifier_features), labels, cfg)
         provenance["classifier"] = {"path": str(classifier_path), "sha256": file_sha256(Path(classifier_path)),
-                                    "description": DESCRIPTION}
+                                    "description": DESCRIPTION, "feature_metrics": CLASSIFIER_FEATURES_NOTE}
     else:
         result["classifier"] = None
+        result |= {key: None for key in CLASSIFIER_FEATURE_KEYS}
         result["classifier_na_reason"] = (
             ("not requested (evaluation.generation.demo_classifier: false)" if not cfg.demo_classifier
              else "no classifier given") if classifier_path is None else f"{samples_path} holds no labels ({LABELS_KEY})"
@@ -296,6 +334,6 @@ def evaluate_generation(
         "run": record("evaluate_generation", asdict(cfg), samples=str(samples_dir), reference=str(reference_path)),
     }
     write_json(out_json, result)
-    log.info("%s: fid=%s is=%s classifier accuracy=%s (%d samples)", samples_dir, result["fid"], result["is"],
-             (result["classifier"] or {}).get("accuracy"), shape[0])
+    log.info("%s: fid=%s is=%s classifier accuracy=%s classifier_fd=%s (%d samples)", samples_dir, result["fid"], result["is"],
+             (result["classifier"] or {}).get("accuracy"), result["classifier_fd"], shape[0])
     return result

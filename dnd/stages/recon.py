@@ -113,6 +113,7 @@ def measure_reconstruction(reconstruct: Reconstruct, data: ImageShardDataset, ba
         "l2": float(per_image_l2.mean()),
         "l2_interval": mean_interval(per_image_l2, bootstrap, "l2") if bootstrap.resamples > 0 else None,
         "l2_definition": "mean squared error per pixel, images scaled to [-1, 1]",
+        "l2_per_image": [round(float(v), 7) for v in per_image_l2],  # paired comparisons between rows
         "image_bootstrap": describe_image_bootstrap(bootstrap),
     }
     if counts is not None:
@@ -212,6 +213,7 @@ def classifier_metrics(recons: np.ndarray, originals: np.ndarray, data: ImageSha
         "classifier_acc_interval": mean_interval(hits, bootstrap, "classifier_acc") if bootstrap.resamples > 0 else None,
         "classifier_acc_originals": float(ceiling.mean()),
         "classifier_n": int(len(labels)),
+        "classifier_hits_per_image": hits.astype(int).tolist(),  # paired comparisons between rows (same test images)
         "classifier_description": DESCRIPTION.replace("the samples with their intended labels",
                                                       "the reconstructions with the test images' labels"),
     }

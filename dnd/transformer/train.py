@@ -2,7 +2,9 @@
 
 Same contract as the tokenizer trainer: `last.pt` every `checkpoint_every` steps and on
 SIGTERM/SIGUSR1/SIGUSR2 in the work area, `best.pt` by validation loss, batches a function of
-(seed, step), RNG states in the checkpoint, so a killed run resumes to the same weights. The
+(seed, step), RNG states in the checkpoint, so a killed run resumes to the same weights. Each validation's
+loss and per-depth losses (raw weights, and EMA ones with `ema_decay`) go to `val_history.csv` beside
+`model.pt` (kept in the checkpoints, so a resumed run writes the same file). The
 declared output `model.pt` holds the config and the trained ("raw") weights of the step whose raw weights
 validate best; with `ema_decay` it also holds the EMA weights of the step whose EMA weights validate best
 (both figures are computed at every validation), so the sampler can take either (`sampling.<name>.weights`)
@@ -226,6 +228,11 @@ class TransformerTrainer:
                 "head_layers": model.config.head_layers, "weights": weights}
 
 
+def history_path(out: Path) -> Path:
+    """`val_history.csv` beside `model.pt`: step, loss, loss_depth1..D (+ ema_... with EMA), one row per validation."""
+    return Path(out).parent / "val_history.csv"
+
+
 def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_dir: Path, tokenizer: Path | None = None,
                       should_stop: Callable[[], bool] = lambda: False, code_version: str | None = None) -> dict[str, Any] | None:
     cfg = spec.train
@@ -233,7 +240,8 @@ def train_transformer(spec: TransformerSpec, codes_dir: Path, out: Path, work_di
     trainer = TransformerTrainer(spec, codes_dir, work_dir, tokenizer, rank, world, device)
     loop = LoopConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
                       eval_every=cfg.eval_every if trainer.val_set is not None else None, seed=cfg.seed,
-                      also_select={"ema": "val/ema/loss"} if trainer.ema is not None else {})
+                      also_select={"ema": "val/ema/loss"} if trainer.ema is not None else {},
+                      history_csv=history_path(out))
     run = RunInfo(spec.name, "train_transformer", asdict(spec), rank, world, device, code_version)
     return run_training(trainer, loop, run, work_dir, out, should_stop)
 

@@ -263,6 +263,12 @@ def generation_metrics(table):
     return [f"results/metrics/gen/{model}/{sampling}.json" for model, sampling in runs]
 
 
+def table3_val_histories(wildcards=None):
+    """The validation histories of Table 3's trained models (an authors' checkpoint has none)."""
+    models = config["tables"]["table3"]["models"].values()
+    return [f"results/transformers/{model}/val_history.csv" for model in models if model in trained("transformers")]
+
+
 def richtext_dataset(wildcards=None):
     return DATASETS[config["richtext"]["dataset"]]
 

@@ -52,6 +52,8 @@ rule evaluate_generation:
         code=command_code_version("evaluate-generation"),
     log:
         "logs/evaluate_generation/{model}/{sampling}.log",
+    benchmark:
+        "results/benchmarks/evaluate_generation/{model}/{sampling}.tsv"
     threads: 1
     conda:
         "../../envs/dnd.yaml"
@@ -93,3 +95,21 @@ rule make_table3:
         "../../envs/dnd.yaml"
     shell:
         "dnd make-generation-table --code-version {params.code} --table table3 --params {params.cfg} --metrics {input.metrics} --out {output.table} > {log} 2>&1"
+
+
+# Is a variant under-trained? Validation loss per depth against steps of Table 3's trained variants.
+rule plot_val_loss:
+    input:
+        histories=table3_val_histories,
+    output:
+        table="results/val_loss.csv",
+        plot=report("results/val_loss.png", caption="../report/val_loss.rst", category="Tables 2 and 3"),
+    params:
+        cfg=table_params("table3"),
+        code=command_code_version("plot-val-loss"),
+    log:
+        "logs/plot_val_loss.log",
+    conda:
+        "../../envs/dnd.yaml"
+    shell:
+        "dnd plot-val-loss --code-version {params.code} --params {params.cfg} --histories {input.histories} --out {output.table} > {log} 2>&1"

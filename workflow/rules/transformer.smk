@@ -14,6 +14,8 @@ rule train_transformer:
         tokenizer=transformer_tokenizer,
     output:
         model="results/transformers/{model}/model.pt",
+        # validation loss and per-depth losses at each eval_every (the val-loss figure's data)
+        val_history="results/transformers/{model}/val_history.csv",
     params:
         cfg=transformer_params,
         code=command_code_version("train-transformer"),
