@@ -217,7 +217,7 @@ def _dry_run_with(workdir: Path, config: dict, *keys_and_value) -> subprocess.Co
         (("data", "classes", "image", "size", 8), {
             "prepare_images", "train_tokenizer", "evaluate_reconstruction", "make_table1a",  # Table 1a
             "tokenize_images", "train_transformer", "sample_images", "compute_reference", "train_classifier",
-            "evaluate_generation", "make_table2", "make_table3",  # Tables 2 and 3
+            "evaluate_generation", "make_table2", "make_table3", "plot_val_loss",  # Tables 2 and 3, the curves
         }),
         (("tokenizers", "micro_d2", "train", "steps", 20), {"train_tokenizer", "evaluate_reconstruction", "make_table1b"}),
         # the OCR cells' count reruns Table 1b's cells only; Table 1a's (rFID, L2, code usage) has its own
