@@ -6,7 +6,7 @@ Which numbers are which (each metrics JSON repeats this in its `provenance`):
 - Evaluator: `dnd.metrics.fid`, the ADM evaluator's formulas, on torch-fidelity's PyTorch port of the TF
   FID Inception graph, loaded from the one local file `metrics.inception_weights` (the same file as
   rFID in Table 1a). Without it FID/IS/precision/recall are n/a with the reason, never a number from
-  another network. Grayscale images (the demo's digits) are repeated to 3 channels for Inception, on
+  another network. Grayscale images (the demo's glyphs) are repeated to 3 channels for Inception, on
   both sides.
 - Reference: computed once per data set, its own DAG output. Either the training split of the
   class-labelled set (pool statistics and features from our extractor), or, in ADM mode, an ADM
