@@ -181,5 +181,7 @@ def test_rocr_can_score_against_the_ocr_of_the_original_image(monkeypatch):
     against_original = recon.ocr_metrics(recons, texts, ReconEvalConfig(ocr_reference="original_ocr"), originals)
     assert against_text["rocr"] == 0.0 and "ground-truth text" in against_text["rocr_reference"]
     assert against_original["rocr_per_image"] == [1.0, 0.0] and "OCR of the original" in against_original["rocr_reference"]
+    low, high = against_original["rocr_interval"]  # the mean's bootstrap interval over the two images
+    assert 0.0 <= low <= 0.5 <= high <= 1.0
     with pytest.raises(ValueError, match="rocr_reference"):
         recon.ocr_metrics(recons, texts, ReconEvalConfig(ocr_reference="pdf"), originals)

@@ -120,7 +120,7 @@ def measure_reconstruction(reconstruct: Reconstruct, data: ImageShardDataset, ba
         usage, entropy = code_usage(counts)
         metrics |= {"code_usage": usage, "code_entropy_bits": entropy}
     recon_uint8, originals_uint8 = np.concatenate(recons), np.concatenate(originals)
-    metrics |= ocr_metrics(recon_uint8, texts, cfg, originals_uint8, bootstrap)
+    metrics |= ocr_metrics(recon_uint8, texts, cfg, originals_uint8)
     metrics |= rfid_metrics(originals_uint8, recon_uint8, cfg, device)
     metrics |= classifier_metrics(recon_uint8, originals_uint8, data, classifier, bootstrap)
     if grid_rows:
@@ -225,8 +225,7 @@ OCR_REFERENCES = {
 }
 
 
-def ocr_metrics(recons: np.ndarray, texts: list[str], cfg: ReconEvalConfig, originals: np.ndarray,
-                bootstrap: BootstrapSettings) -> dict[str, Any]:
+def ocr_metrics(recons: np.ndarray, texts: list[str], cfg: ReconEvalConfig, originals: np.ndarray) -> dict[str, Any]:
     """rOCR: OCR of the reconstructions (uint8, (N, H, W, C)) against `cfg.ocr_reference`: the test set's
     ground-truth text, or the same backend's OCR of the original images; its interval over the test images."""
     if cfg.ocr_reference not in OCR_REFERENCES:
@@ -237,6 +236,7 @@ def ocr_metrics(recons: np.ndarray, texts: list[str], cfg: ReconEvalConfig, orig
     read = backend.read([to_pil(image) for image in recons])
     references = texts if cfg.ocr_reference == "text" else backend.read([to_pil(image) for image in originals])
     scores = rocr(read, references)
+    bootstrap = image_bootstrap(cfg)
     interval = mean_interval(np.asarray(scores["per_image"]), bootstrap, "rocr") if bootstrap.resamples > 0 else None
     return {"rocr": scores["mean"], "rocr_interval": interval, "rocr_per_image": scores["per_image"], "ocr_backend": backend.name,
             "rocr_reference": OCR_REFERENCES[cfg.ocr_reference],
